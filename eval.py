@@ -1,0 +1,133 @@
+"""
+Accuracy of a policy on a JSONL split: greedy (or n sampled answers per question), overall and per
+question family / difficulty bucket, written to JSON and printed as a small table.
+
+    python eval.py --model=out/tiny-rl/ckpt.pt --data=data/synthetic/val.jsonl
+    python eval.py --model=Qwen/Qwen2.5-VL-7B-Instruct --data=seedbench/validation_L1.jsonl --device=cuda
+
+`--model` takes a checkpoint `train.py` or `sft.py` wrote (`ckpt.pt`, or its folder) or any Qwen2.5-VL
+checkpoint `load_policy` can open (hub id or local folder).
+"""
+import json
+import os
+import sys
+from collections import defaultdict
+
+import torch
+
+from configurator import configure
+from dataset import load_records, load_samples
+from rollout import generate_rollout
+
+# -----------------------------------------------------------------------------
+model = "out/tiny-rl/ckpt.pt"
+data = "data/synthetic/val.jsonl"
+out_file = ""                 # default: <model folder>/eval_<split>.json
+max_samples = 0               # 0: all
+samples_per_question = 1      # 1: greedy; n > 1: n answers at `temperature`, accuracy averaged
+temperature = 1.0
+batch_size = 16
+max_new_tokens = 64
+num_frames = 8
+max_pixels = 112 * 112
+fps = 2.0
+device = "cpu"
+dtype = "float32"
+seed = 0
+# -----------------------------------------------------------------------------
+
+
+def difficulty_bucket(record):
+    d = (record.get("meta") or {}).get("difficulty")
+    if d is None:
+        return None
+    return "easy" if d < 1 / 3 else "medium" if d < 2 / 3 else "hard"
+
+
+@torch.no_grad()
+def evaluate(policy, processor, samples, batch_size=16, max_new_tokens=64, samples_per_question=1,
+             temperature=1.0, fps=2.0, rank=0, world_size=1):
+    """Accuracy and format rate over `samples` (records with decoded "frames").
+
+    Under torchrun each rank answers a strided shard and the counts are summed; every rank runs the
+    same number of generate calls (needed when the model is sharded with FSDP2).
+    """
+    greedy = samples_per_question == 1
+    shard = samples[rank::world_size]
+    n_batches = -(-len(samples) // (batch_size * world_size))
+    sums = defaultdict(lambda: [0.0, 0.0, 0])                          # key -> [acc, fmt, count]
+    for b in range(n_batches):
+        batch = shard[b * batch_size:(b + 1) * batch_size]
+        real = len(batch)
+        batch = batch or samples[:1]                                  # keep ranks in step
+        rollout = generate_rollout(policy, processor, batch, [s["frames"] for s in batch],
+                                   samples_per_question, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, fps=fps, greedy=greedy,
+                                   synced_gpus=world_size > 1)
+        acc = rollout.accuracy.view(len(batch), -1).mean(1)
+        fmt = rollout.format.view(len(batch), -1).mean(1)
+        for s, a, f in list(zip(batch, acc.tolist(), fmt.tolist()))[:real]:
+            family = (s.get("meta") or {}).get("family")
+            for key in ("all", f"type:{s['problem_type']}", family and f"family:{family}",
+                        difficulty_bucket(s) and f"difficulty:{difficulty_bucket(s)}"):
+                if key:
+                    sums[key][0] += a
+                    sums[key][1] += f
+                    sums[key][2] += 1
+    if world_size > 1:
+        keys = sorted(set().union(*all_gather_objects(sorted(sums))))
+        counts = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=policy.device)
+        torch.distributed.all_reduce(counts)
+        sums = {k: c.tolist() for k, c in zip(keys, counts.cpu())}
+    return {k: {"accuracy": a / n, "format": f / n, "n": int(n)} for k, (a, f, n) in sorted(sums.items())}
+
+
+def all_gather_objects(obj):
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def format_table(results):
+    lines = [f"{'subset':<28} {'n':>5} {'accuracy':>9} {'format':>7}"]
+    for key, r in results.items():
+        lines.append(f"{key:<28} {r['n']:>5} {r['accuracy']:>9.3f} {r['format']:>7.3f}")
+    return "\n".join(lines)
+
+
+def load_any_policy(path, device="cpu", dtype="float32"):
+    """A train.py / sft.py checkpoint (ckpt.pt or its folder) or any Qwen2.5-VL checkpoint."""
+    from model import load_policy
+    torch_dtype = getattr(torch, dtype)
+    ckpt_file = path if path.endswith(".pt") else os.path.join(path, "ckpt.pt")
+    if os.path.isfile(ckpt_file):
+        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+        policy, processor = load_policy(ckpt["config"]["init_from"], dtype=torch_dtype, device=device)
+        policy.load_state_dict(ckpt["model"])
+        return policy, processor
+    if path.endswith(".pt"):
+        raise SystemExit(f"{path}: no such checkpoint file")
+    return load_policy(path, dtype=torch_dtype, device=device)
+
+
+def main():
+    configure(globals(), sys.argv[1:])
+    torch.manual_seed(seed)
+    policy, processor = load_any_policy(model, device=device, dtype=dtype)
+    records = load_records(data)
+    if max_samples:
+        records = records[:max_samples]
+    samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels)
+    results = evaluate(policy, processor, samples, batch_size, max_new_tokens, samples_per_question,
+                       temperature, fps)
+    print(format_table(results))
+    split = os.path.splitext(os.path.basename(data))[0]
+    target = out_file or os.path.join(os.path.dirname(model) if model.endswith(".pt") else
+                                      (model if os.path.isdir(model) else "."), f"eval_{split}.json")
+    with open(target, "w") as f:
+        json.dump({"model": model, "data": data, "results": results}, f, indent=2)
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""
+Rollouts: build the chat prompt around a video, sample a group of G answers per prompt, score them.
+
+One training step sees B prompts and G answers per prompt, N = B * G answers in all, the G answers
+of one prompt contiguous (the layout `reg_grpo.py` expects). Every tensor a loss needs travels in one
+`Rollout`:
+
+    input_ids       (N, P+T)  left-padded prompt, then the right-padded completion
+    attention_mask  (N, P+T)
+    completion_mask (N, T)    1 on completion tokens up to and including the end-of-turn token
+    visual          dict      pixel_values_videos, video_grid_thw, ... repeated once per answer
+    accuracy/format (N,)      the two reward terms, logged separately; rewards = accuracy + format
+
+Rewards are plain functions of (completion text, record): change them here.
+"""
+import math
+import re
+import string
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from dataset import format_question
+from model import completion_logps, vision_token_ids
+
+SYSTEM_PROMPT = (
+    "You answer questions about a video. First think about what happens in the video inside "
+    "<think> </think>, then give only the final answer inside <answer> </answer>."
+)
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def build_messages(record, hint="", system_prompt=SYSTEM_PROMPT):
+    """Chat messages for one record: system instruction, then the video and the question (+ hint)."""
+    text = format_question(record)
+    if hint:
+        text = f"{text}\n{hint}"
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]},
+    ]
+
+
+def encode_prompts(processor, records, videos, hints=None, fps=2.0):
+    """Tokenise B prompts with their videos into one left-padded batch (the layout generate needs).
+
+    videos: list of (T, H, W, 3) uint8 arrays, one per record, already sampled and resized.
+    """
+    hints = hints or [""] * len(records)
+    texts = [processor.apply_chat_template(build_messages(r, h), tokenize=False, add_generation_prompt=True)
+             for r, h in zip(records, hints)]
+    processor.tokenizer.padding_side = "left"
+    batch = processor(text=texts, videos=list(videos), return_tensors="pt", padding=True,
+                      videos_kwargs={"do_sample_frames": False, "fps": fps})
+    return dict(batch)
+
+
+def repeat_batch(batch, repeats):
+    """Repeat every prompt of a processor batch `repeats` times, copies contiguous (B -> B*G rows).
+
+    Per-token tensors repeat along dim 0; `pixel_values_videos` is a flat list of patches for all
+    videos, so it is cut per video by `video_grid_thw` and each video's patches are repeated.
+    """
+    out = {}
+    for key, value in batch.items():
+        if not torch.is_tensor(value):
+            out[key] = value
+        elif key in ("pixel_values_videos", "pixel_values"):
+            grid = batch["video_grid_thw" if key == "pixel_values_videos" else "image_grid_thw"]
+            chunks = value.split(grid.prod(-1).tolist())
+            out[key] = torch.cat([c for c in chunks for _ in range(repeats)])
+        else:
+            out[key] = value.repeat_interleave(repeats, dim=0)
+    return out
+
+
+# ----------------------------------------------------------------------------- rewards
+
+ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+FORMAT_RE = re.compile(r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
+
+
+def reference_completion(record):
+    """The answer we teach in the SFT warm start: the record's reasoning, then its answer."""
+    return f"<think>{record.get('reasoning') or ''}</think><answer>{record['answer']}</answer>"
+
+
+def extract_answer(text):
+    """Text inside the last <answer>...</answer>, stripped; None when there is none."""
+    found = ANSWER_RE.findall(text)
+    return found[-1].strip() if found else None
+
+
+def format_reward(text):
+    """1.0 when the completion is exactly <think>...</think><answer>...</answer>, else 0.0."""
+    return 1.0 if FORMAT_RE.match(text) else 0.0
+
+
+def option_letter(answer):
+    """'B', 'B.', '(B)', 'B. right' -> 'B'; None when the answer does not start with a letter."""
+    m = re.match(r"^\(?([A-Z])\)?(?:[.:)]|\s|$)", answer.strip())
+    return m.group(1) if m else None
+
+
+def parse_number(text):
+    m = re.search(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
+    return float(m.group()) if m else None
+
+
+def normalize_text(text):
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def accuracy_reward(text, record):
+    """1.0 for a right answer, 0.0 otherwise (regression: 1 - relative error, floored at 0).
+
+    multiple_choice: the option letter; numerical: equal within 1e-2 relative (abs for |x| < 1);
+    free_form / ocr: equal after lower-casing and dropping punctuation and articles.
+    """
+    answer = extract_answer(text)
+    if answer is None:
+        return 0.0
+    kind, truth = record["problem_type"], str(record["answer"])
+    if kind == "multiple_choice":
+        return float(option_letter(answer) == truth.strip().upper())
+    if kind in ("numerical", "regression"):
+        pred, gold = parse_number(answer), parse_number(truth)
+        if pred is None or gold is None:
+            return 0.0
+        err = abs(pred - gold) / max(abs(gold), 1.0)
+        return float(err <= 1e-2) if kind == "numerical" else max(0.0, 1.0 - err)
+    return float(normalize_text(answer) == normalize_text(truth))
+
+
+def score_completions(texts, records):
+    """(accuracy, format) rewards, each (N,) float32; records[i] is the record of answer i."""
+    acc = torch.tensor([accuracy_reward(t, r) for t, r in zip(texts, records)])
+    fmt = torch.tensor([format_reward(t) for t in texts])
+    return acc, fmt
+
+
+# ----------------------------------------------------------------------------- sampling
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    visual: dict
+    texts: list
+    accuracy: torch.Tensor
+    format: torch.Tensor
+    prompts: list = field(default_factory=list)
+    old_logps: torch.Tensor = None
+    ref_logps: torch.Tensor = None
+
+    @property
+    def rewards(self):
+        return self.accuracy + self.format
+
+    def logp_batch(self):
+        """The dict `model.completion_logps` takes."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "completion_mask": self.completion_mask, **self.visual}
+
+    def select(self, rows):
+        """The sub-rollout of the given answer rows (a list of indices)."""
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        pick = lambda t: None if t is None else t[idx]
+        return Rollout(self.input_ids[idx], self.attention_mask[idx], self.completion_mask[idx],
+                       select_visual(self.visual, idx), [self.texts[i] for i in rows],
+                       self.accuracy[idx], self.format[idx], [self.prompts[i] for i in rows],
+                       pick(self.old_logps), pick(self.ref_logps))
+
+
+def select_visual(visual, idx):
+    """Rows `idx` of a per-answer visual dict (one video per answer)."""
+    out = {}
+    for key, value in visual.items():
+        if key == "pixel_values_videos":
+            chunks = value.split(visual["video_grid_thw"].prod(-1).tolist())
+            out[key] = torch.cat([chunks[i] for i in idx.tolist()])
+        else:
+            out[key] = value[idx]
+    return out
+
+
+def concat_rollouts(parts):
+    """Stack rollouts with possibly different prompt / completion lengths (re-pads both sides)."""
+    P = max(r.input_ids.shape[1] - r.completion_mask.shape[1] for r in parts)
+    T = max(r.completion_mask.shape[1] for r in parts)
+    ids, att, cmask, old, ref = [], [], [], [], []
+    for r in parts:
+        p, t = r.input_ids.shape[1] - r.completion_mask.shape[1], r.completion_mask.shape[1]
+        pad_l, pad_r = P - p, T - t
+        ids.append(torch.nn.functional.pad(r.input_ids, (pad_l, pad_r), value=0))
+        att.append(torch.nn.functional.pad(r.attention_mask, (pad_l, pad_r), value=0))
+        cmask.append(torch.nn.functional.pad(r.completion_mask, (0, pad_r), value=0))
+        if r.old_logps is not None:
+            old.append(torch.nn.functional.pad(r.old_logps, (0, pad_r)))
+        if r.ref_logps is not None:
+            ref.append(torch.nn.functional.pad(r.ref_logps, (0, pad_r)))
+    visual = {}
+    for key in parts[0].visual:
+        values = [r.visual[key] for r in parts]
+        if key == "mm_token_type_ids":
+            values = [_pad_type_ids(v, r, P, T) for v, r in zip(values, parts)]
+        visual[key] = torch.cat(values)
+    return Rollout(torch.cat(ids), torch.cat(att), torch.cat(cmask), visual,
+                   [t for r in parts for t in r.texts], torch.cat([r.accuracy for r in parts]),
+                   torch.cat([r.format for r in parts]), [p for r in parts for p in r.prompts],
+                   torch.cat(old) if len(old) == len(parts) else None,
+                   torch.cat(ref) if len(ref) == len(parts) else None)
+
+
+def _pad_type_ids(type_ids, rollout, P, T):
+    p, t = rollout.input_ids.shape[1] - rollout.completion_mask.shape[1], rollout.completion_mask.shape[1]
+    return torch.nn.functional.pad(type_ids, (P - p, T - t), value=0)
+
+
+@contextmanager
+def gathered_for_generation(model):
+    """Under FSDP2, gather each layer once for the whole rollout instead of once per decoded token.
+
+    Layers stay unsharded after their first forward; they are resharded when generation ends.
+    Costs the memory of one full copy of the weights for the duration of the rollout. A no-op for
+    unsharded models.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        FSDPModule = ()
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in sharded:
+        m.set_reshard_after_forward(False)
+    try:
+        yield bool(sharded)
+    finally:
+        for m in sharded:
+            m.reshard()
+            m.set_reshard_after_forward(True)
+
+
+@torch.no_grad()
+def generate_rollout(model, processor, records, videos, group_size, hints=None, max_new_tokens=64,
+                     temperature=1.0, top_p=1.0, fps=2.0, greedy=False, synced_gpus=False):
+    """Sample `group_size` answers for each (record, video) and score them.
+
+    Vision placeholder tokens are suppressed at sampling time: a sampled <|video_pad|> would make
+    the next forward fail with "video features and video tokens do not match".
+    """
+    hints = hints or [""] * len(records)
+    prompt = repeat_batch(encode_prompts(processor, records, videos, hints, fps=fps), group_size)
+    prompt = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in prompt.items()}
+    was_training = model.training
+    model.eval()
+    tok = processor.tokenizer
+    end_id = tok.convert_tokens_to_ids("<|im_end|>")
+    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature,
+                                                     "top_p": top_p, "top_k": 0}
+    with gathered_for_generation(model):
+        sequences = model.generate(
+            **prompt, **sampling, max_new_tokens=max_new_tokens,
+            suppress_tokens=vision_token_ids(processor), eos_token_id=end_id,
+            pad_token_id=tok.pad_token_id, synced_gpus=synced_gpus)
+    model.train(was_training)
+    P = prompt["input_ids"].shape[1]
+    completion = sequences[:, P:].cpu()                                      # (N, T)
+    completion_mask = completion_mask_until(completion, end_id)
+    completion = completion.masked_fill(completion_mask == 0, tok.pad_token_id)
+    texts = tok.batch_decode(completion.masked_fill(completion == end_id, tok.pad_token_id),
+                             skip_special_tokens=True)
+    group_records = [r for r in records for _ in range(group_size)]
+    accuracy, fmt = score_completions(texts, group_records)
+    batch = join_prompt_completion(to_device(prompt, "cpu"), completion, completion_mask)
+    return Rollout(batch.pop("input_ids"), batch.pop("attention_mask"), batch.pop("completion_mask"),
+                   visual=batch, texts=texts, accuracy=accuracy, format=fmt,
+                   prompts=[h for h in hints for _ in range(group_size)])
+
+
+def join_prompt_completion(prompt, completion, completion_mask):
+    """One teacher-forcing batch: left-padded prompt (N, P) then right-padded completion (N, T).
+
+    Returns the dict `model.completion_logps` takes; visual keys ride along, and the modality ids
+    (when the processor gives them) mark completion tokens as text (0) for the 3D rope.
+    """
+    batch = dict(prompt)
+    batch["input_ids"] = torch.cat([prompt["input_ids"], completion], 1)            # (N, P+T)
+    batch["attention_mask"] = torch.cat([prompt["attention_mask"], completion_mask], 1)
+    batch["completion_mask"] = completion_mask
+    if "mm_token_type_ids" in batch:
+        batch["mm_token_type_ids"] = torch.nn.functional.pad(prompt["mm_token_type_ids"],
+                                                             (0, completion.shape[1]), value=0)
+    return batch
+
+
+def completion_mask_until(completion, end_id):
+    """(N, T) mask: 1 up to and including the first `end_id`, 0 after it."""
+    is_end = completion == end_id
+    after_end = (is_end.cumsum(1) - is_end.long()) > 0
+    return (~after_end).long()
+
+
+@torch.no_grad()
+def add_logps(rollout, policy, reference=None, temperature=1.0, device="cpu", micro_batch=16):
+    """Fill old log-probs (the sampling policy) and reference log-probs, in micro-batches."""
+    old, ref = [], []
+    for rows in micro_batches(len(rollout.texts), micro_batch):
+        batch = to_device(rollout.select(rows).logp_batch(), device)
+        old.append(completion_logps(policy, batch, temperature=temperature).cpu())
+        if reference is not None:
+            ref.append(completion_logps(reference, batch, temperature=temperature).cpu())
+    rollout.old_logps = torch.cat(old)
+    rollout.ref_logps = torch.cat(ref) if ref else None
+    return rollout
+
+
+def micro_batches(n, size):
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def to_device(batch, device):
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -1,0 +1,123 @@
+"""
+Supervised warm start on the reasoning traces, so that RL starts from a policy that answers in the
+`<think>...</think><answer>...</answer>` format. The tiny default starts from random weights and needs
+it; a released Qwen2.5-VL checkpoint follows the format from its prompt (the paper's SFT baseline is
+this step on SEED-Bench-R1's training traces).
+
+    python sft.py                                    # tiny model from scratch -> out/tiny-sft
+    python sft.py --init_from=Qwen/Qwen2.5-VL-3B-Instruct --device=cuda --dtype=bfloat16 ...
+
+The result is a save_pretrained folder (model + processor) that `train.py --init_from=...` loads.
+"""
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+
+from configurator import configure
+from dataset import load_records, load_samples
+from model import completion_logps, freeze_vision as freeze_vision_tower, load_policy, tiny_qwen25vl
+from rollout import SYSTEM_PROMPT, encode_prompts, format_question, join_prompt_completion, reference_completion, to_device
+from eval import evaluate, format_table
+
+# -----------------------------------------------------------------------------
+out_dir = "out/tiny-sft"
+init_from = "tiny"            # "tiny": random-init tiny Qwen2.5-VL, tokenizer trained on the data
+train_data = "data/synthetic/train.jsonl"
+val_data = "data/synthetic/val.jsonl"
+max_steps = 600
+batch_size = 16
+learning_rate = 2e-3
+min_lr_ratio = 0.1
+warmup_steps = 30
+weight_decay = 0.01
+grad_clip = 1.0
+freeze_vision = False         # the tiny vision tower is random: it must learn too
+eval_samples = 200
+num_frames = 8
+max_pixels = 112 * 112
+fps = 2.0
+device = "cpu"
+dtype = "float32"
+seed = 0
+# -----------------------------------------------------------------------------
+
+
+def corpus_texts(records):
+    """Everything the tokenizer will see: instruction, questions with options, answers, hints."""
+    texts = [SYSTEM_PROMPT, "Hint: The answer is A."]
+    for r in records:
+        texts += [format_question(r), reference_completion(r)]
+    return texts
+
+
+def sft_batch(processor, samples):
+    """Prompts with their videos, then the reference completion ending in <|im_end|>."""
+    tok = processor.tokenizer
+    prompt = encode_prompts(processor, samples, [s["frames"] for s in samples], fps=fps)
+    targets = [tok(reference_completion(s) + "<|im_end|>", add_special_tokens=False)["input_ids"]
+               for s in samples]
+    T = max(map(len, targets))
+    completion = torch.full((len(samples), T), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(samples), T, dtype=torch.long)
+    for i, t in enumerate(targets):
+        completion[i, :len(t)] = torch.tensor(t)
+        mask[i, :len(t)] = 1
+    return join_prompt_completion(prompt, completion, mask)
+
+
+def lr_at(step):
+    if step < warmup_steps:
+        return learning_rate * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return learning_rate * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def main():
+    config = configure(globals(), sys.argv[1:])
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    records = load_records(train_data)
+    if init_from == "tiny":
+        init_dir = tiny_qwen25vl(os.path.join(out_dir, "init"), texts=corpus_texts(records), seed=seed)
+    else:
+        init_dir = init_from
+    policy, processor = load_policy(init_dir, dtype=getattr(torch, dtype), device=device)
+    if freeze_vision:
+        freeze_vision_tower(policy)
+    samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels)
+    val = load_samples(load_records(val_data)[:eval_samples], num_frames=num_frames, max_pixels=max_pixels)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    policy.train()
+    t0 = time.time()
+    for step in range(max_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        batch = to_device(sft_batch(processor, rng.sample(samples, batch_size)), device)
+        logps = completion_logps(policy, batch)                                  # (B, T)
+        mask = batch["completion_mask"].float()
+        loss = -(logps * mask).sum() / mask.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        if step % 50 == 0 or step == max_steps - 1:
+            print(f"sft step {step:4d}  loss {loss.item():.4f}  lr {lr_at(step):.2e}  {time.time() - t0:.0f}s",
+                  flush=True)
+    os.makedirs(out_dir, exist_ok=True)
+    policy.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    results = evaluate(policy, processor, val, fps=fps)
+    print(format_table(results))
+    with open(os.path.join(out_dir, "sft_summary.json"), "w") as f:
+        json.dump({"config": config, "val": results, "seconds": time.time() - t0}, f, indent=2)
+    print(f"SFT done: val accuracy {results['all']['accuracy']:.3f} -> {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

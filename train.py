@@ -1,0 +1,496 @@
+"""
+Reinforcement fine-tuning of a video model with Reg-GRPO (or GRPO) and difficulty-aware augmentation.
+
+    python train.py                                    # embedded default: tiny Qwen2.5-VL, CPU
+    python train.py --loss=grpo --augment=none         # the GRPO baseline
+    torchrun --nproc_per_node=8 train.py config/qwen25vl_7b_seedbench.py
+
+One step: draw prompts -> sample G answers each -> score -> difficulty-aware augmentation (regenerate
+the groups of too-easy samples on a noisier video and of too-hard samples with a hint) -> group
+advantages -> `num_iterations` optimisation passes -> push the step's rewards into the buffer.
+On the embedded default a missing dataset or SFT warm start is made first (prepare.py, sft.py).
+"""
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from configurator import configure
+from dataset import VideoError, load_records, load_samples, read_video
+from difficulty import (RewardBuffer, build_hint, group_mean_rewards, make_harder, plan_augmentation,
+                        zero_advantage_ratio)
+from eval import evaluate
+from model import completion_logps, enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
+from model import load_policy, load_reference
+from reg_grpo import group_advantages, grpo_loss, reg_grpo_loss
+from rollout import add_logps, concat_rollouts, generate_rollout, to_device
+
+# ----------------------------------------------------------------------------- config
+# I/O
+out_dir = "out/tiny-rl"
+init_from = "out/tiny-sft"    # policy to start from: save_pretrained folder or hub id
+train_data = "data/synthetic/train.jsonl"
+val_data = "data/synthetic/val.jsonl"
+resume = False                # continue from out_dir/ckpt.pt
+checkpoint_interval = 25      # steps; a killed run loses at most this many
+eval_interval = 50            # steps; 0: only before and after
+eval_samples = 200
+seed = 1337
+# method
+loss = "reg_grpo"             # reg_grpo | grpo
+group_size = 8                # G answers per prompt
+prompts_per_step = 8          # per rank
+num_iterations = 2            # optimisation passes over each rollout batch
+beta = 0.04                   # KL to the reference policy (0: no reference model is loaded)
+clip_eps = 0.2                # grpo only
+adv_eps = 1e-4
+augment = "both"              # none | harder | easier | both
+harder_mode = "noise"         # noise | mask
+noise_sigma0 = 0.1            # noise std in [0, 1] pixel units per unit of l_perturb
+buffer_window = 12            # steps in the reward buffer (the paper: 100 samples)
+difficulty_margin = 0.25
+# sampling
+max_new_tokens = 48
+temperature = 1.0
+top_p = 1.0
+num_frames = 8
+max_pixels = 112 * 112
+fps = 2.0
+# optimisation
+max_steps = 100
+learning_rate = 2e-5
+min_lr_ratio = 1.0            # 1.0: constant after warmup
+warmup_steps = 5
+weight_decay = 0.0
+grad_clip = 1.0
+micro_batch_groups = 4        # groups per forward/backward (gradient accumulation inside a pass)
+# system
+device = "cpu"
+dtype = "float32"             # bfloat16 on GPUs: weights in bf16, loss arithmetic in float32
+distributed = "ddp"           # ddp | fsdp (torchrun only)
+freeze_vision = True          # the paper trains only the language model
+gradient_checkpointing = False
+compile = False
+# -----------------------------------------------------------------------------
+EMBEDDED_DATA, EMBEDDED_SFT = "data/synthetic/train.jsonl", "out/tiny-sft"
+
+
+def lr_at(step):
+    if step < warmup_steps:
+        return learning_rate * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return learning_rate * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def setup_distributed():
+    """(rank, local_rank, world_size); initialises the process group under torchrun."""
+    if "RANK" not in os.environ:
+        return 0, 0, 1
+    backend = "nccl" if torch.cuda.is_available() and device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+
+
+def wrap_policy(policy, device_str, world_size):
+    """DDP, or FSDP2 (`fully_shard` each decoder layer, then the root), or the bare model."""
+    if world_size == 1:
+        return policy
+    if distributed == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(policy, device_ids=[torch.device(device_str).index]
+                                       if device_str.startswith("cuda") else None)
+    if distributed == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
+        for layer in decoder_layers(policy):
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(policy, mp_policy=mp)
+        return policy
+    raise SystemExit(f"distributed must be 'ddp' or 'fsdp', got {distributed!r}")
+
+
+def decoder_layers(policy):
+    return policy.model.language_model.layers
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def all_gather_floats(values):
+    """Concatenate a list of floats from every rank (same order on all ranks)."""
+    if not dist.is_initialized():
+        return list(values)
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, list(values))
+    return [v for part in out for v in part]
+
+
+def mean_over_ranks(value):
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+# ----------------------------------------------------------------------------- data
+
+def ensure_embedded_default(rank):
+    """Make the synthetic data and the SFT warm start when the embedded default asks for them."""
+    if rank == 0 and train_data == EMBEDDED_DATA and not os.path.exists(train_data):
+        print(f"{train_data} not found: generating the synthetic benchmark (data/synthetic/prepare.py)")
+        subprocess.run([sys.executable, "data/synthetic/prepare.py"], check=True)
+    if rank == 0 and init_from == EMBEDDED_SFT and not os.path.exists(os.path.join(init_from, "config.json")):
+        print(f"{init_from} not found: running the SFT warm start first (python sft.py)")
+        subprocess.run([sys.executable, "sft.py", f"--device={device}"], check=True)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def draw_prompts(records, rng, n, skipped):
+    """n records with decoded videos; a record whose video fails to decode is reported and skipped."""
+    picked = []
+    while len(picked) < n:
+        record = records[rng.randrange(len(records))]
+        if record["id"] in skipped:
+            continue
+        try:
+            frames = read_video(record["video"], num_frames=num_frames, max_pixels=max_pixels)
+        except VideoError as e:
+            skipped[record["id"]] = str(e)
+            print(f"skipping record {record['id']}: {e} ({len(skipped)} skipped so far)")
+            if len(skipped) == len(records):
+                raise SystemExit(f"{train_data}: no record has a readable video")
+            continue
+        picked.append({**record, "frames": frames})
+    return picked
+
+
+# ----------------------------------------------------------------------------- one step
+
+def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
+    """Roll out, then regenerate the groups that the difficulty rule marks too easy or too hard.
+
+    Returns the rollout to train on, the per-prompt group means before augmentation (what goes into
+    the reward buffer), the zero-advantage ratio before augmentation, and what was changed.
+    """
+    G = group_size
+    videos = [p["frames"] for p in prompts]
+    rollout = generate_rollout(policy, processor, prompts, videos, G, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, fps=fps, synced_gpus=synced)
+    r_cur = group_mean_rewards(rollout.rewards, G)
+    za_before = zero_advantage_ratio(rollout.rewards, G)
+    r_ref = buffer.mean()
+    changes = {"harder": 0, "easier": 0, "hints": []}
+    if augment == "none" or r_ref is None:
+        return rollout, r_cur, za_before, changes, len(rollout.texts)
+    plans = plan_augmentation(r_cur.tolist(), r_ref, margin=difficulty_margin)
+    redo, redo_videos, redo_hints = [], [], []
+    for i, plan in enumerate(plans):
+        if plan["action"] == "harder" and augment in ("harder", "both"):
+            redo_videos.append(make_harder(videos[i], plan, mode=harder_mode, sigma0=noise_sigma0,
+                                           generator=gen))
+            redo_hints.append("")
+        elif plan["action"] == "easier" and augment in ("easier", "both"):
+            rows = range(i * G, (i + 1) * G)
+            correct = [think_of(rollout.texts[j]) for j in rows if rollout.accuracy[j] > 0]
+            hint = build_hint(plan["l_guide"], [c for c in correct if c], prompts[i].get("reasoning", ""),
+                              prompts[i]["answer"])
+            if not hint:
+                continue
+            redo_videos.append(videos[i])
+            redo_hints.append(hint)
+            changes["hints"].append(hint)
+        else:
+            continue
+        redo.append(i)
+        changes[plan["action"]] += 1
+    n_generated = len(rollout.texts)
+    if dist.is_initialized() and distributed == "fsdp":
+        # every rank must run generate the same number of times under FSDP2
+        any_redo = torch.tensor([len(redo)])
+        dist.all_reduce(any_redo, op=dist.ReduceOp.MAX)
+        if any_redo.item() and not redo:
+            redo, redo_videos, redo_hints = [0], [videos[0]], [""]
+            dummy = True
+        else:
+            dummy = False
+    else:
+        dummy = False
+    if redo and not dummy:
+        new = generate_rollout(policy, processor, [prompts[i] for i in redo], redo_videos, G,
+                               hints=redo_hints, max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_p=top_p, fps=fps, synced_gpus=synced)
+        n_generated += len(new.texts)
+        parts = []
+        for i in range(len(prompts)):
+            source, k = (new, redo.index(i)) if i in redo else (rollout, i)
+            parts.append(source.select(list(range(k * G, (k + 1) * G))))
+        rollout = concat_rollouts(parts)
+    elif dummy:
+        generate_rollout(policy, processor, [prompts[0]], [videos[0]], G, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p, fps=fps, synced_gpus=synced)
+    return rollout, r_cur, za_before, changes, n_generated
+
+
+def think_of(text):
+    start, end = text.find("<think>"), text.find("</think>")
+    return text[start + len("<think>"):end].strip() if 0 <= start < end else ""
+
+
+def policy_update(model, optimizer, rollout, advantages, params, world_size):
+    """`num_iterations` passes over the rollout, each one optimizer step over all its groups.
+
+    The first pass's log-probs (before any update) are the sampling policy's: they become `old_logps`
+    for the later passes, so no separate no-grad forward is needed.
+    """
+    G = group_size
+    n = len(rollout.texts)
+    chunks = [list(range(i, min(i + micro_batch_groups * G, n))) for i in range(0, n, micro_batch_groups * G)]
+    old = [None] * len(chunks)
+    stats_sum = {}
+    for it in range(num_iterations):
+        optimizer.zero_grad(set_to_none=True)
+        for c, rows in enumerate(chunks):
+            last = c == len(chunks) - 1
+            part = rollout.select(rows)
+            batch = to_device(part.logp_batch(), device)
+            with gradient_sync(model, last, world_size):
+                logps = completion_logps(model, batch, temperature=temperature)          # (n_c, T)
+                if old[c] is None:
+                    old[c] = logps.detach()
+                mask = batch["completion_mask"]
+                ref = part.ref_logps.to(device) if part.ref_logps is not None else None
+                adv = advantages[rows].to(device)
+                if loss == "reg_grpo":
+                    value, stats = reg_grpo_loss(logps, old[c], adv, mask, G, ref_logps=ref, beta=beta)
+                else:
+                    value, stats = grpo_loss(logps, old[c], adv, mask, ref_logps=ref, beta=beta,
+                                             clip_eps=clip_eps)
+                (value * len(rows) / n).backward()
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * len(rows) / n / num_iterations
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+    stats_sum["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    return stats_sum
+
+
+def gradient_sync(model, last, world_size):
+    """Reduce gradients across ranks only on the last micro-batch of a pass."""
+    if world_size == 1:
+        return nullcontext()
+    if hasattr(model, "no_sync"):                                   # DDP
+        return nullcontext() if last else model.no_sync()
+    model.set_requires_gradient_sync(last)                          # FSDP2
+    return nullcontext()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def model_state(model):
+    if distributed == "fsdp" and dist.is_initialized():
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+
+
+def optimizer_state(model, optimizer):
+    if distributed == "fsdp" and dist.is_initialized():
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        return get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return optimizer.state_dict()
+
+
+def load_states(model, optimizer, ckpt):
+    if distributed == "fsdp" and dist.is_initialized():
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, ckpt["model"], options=opts)
+        set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=opts)
+    else:
+        unwrap(model).load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+
+
+def save_checkpoint(path, ckpt):
+    """Write to a temporary file, then rename: a crash mid-save leaves the last good checkpoint."""
+    tmp = path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state(rng, gen):
+    return {"python": rng.getstate(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "augment": gen.get_state()}
+
+
+def set_rng_state(state, rng, gen):
+    rng.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    gen.set_state(state["augment"])
+
+
+# ----------------------------------------------------------------------------- main
+
+def main():
+    global device
+    config = configure(globals(), sys.argv[1:])
+    rank, local_rank, world_size = setup_distributed()
+    if device.startswith("cuda") and world_size > 1:
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    master = rank == 0
+    ensure_embedded_default(rank)
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(seed + rank)
+    np.random.seed(seed + rank)
+    rng = random.Random(seed + rank)
+    gen = torch.Generator().manual_seed(seed + rank)
+
+    torch_dtype = getattr(torch, dtype)
+    policy, processor = load_policy(init_from, dtype=torch_dtype, device=device)
+    if freeze_vision:
+        freeze_vision_tower(policy)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    reference = load_reference(init_from, dtype=torch_dtype, device=device) if beta > 0 else None
+    model = wrap_policy(policy, device, world_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    buffer = RewardBuffer(buffer_window)
+
+    records = load_records(train_data)
+    val = load_samples(load_records(val_data)[:eval_samples], num_frames=num_frames, max_pixels=max_pixels,
+                       log=print if master else (lambda *a, **k: None))
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    step, answers_generated, history, skipped = 0, 0, [], {}
+    if resume:
+        if not os.path.exists(ckpt_path):
+            raise SystemExit(f"{ckpt_path}: no checkpoint to resume from")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        load_states(model, optimizer, ckpt)
+        buffer.load_state_dict(ckpt["buffer"])
+        set_rng_state(ckpt["rng"][rank], rng, gen)
+        step, answers_generated, history = ckpt["step"], ckpt["answers_generated"], ckpt["history"]
+        if master:
+            print(f"resumed from {ckpt_path} at step {step}")
+    synced = world_size > 1 and distributed == "fsdp"
+    generator_model = model if distributed == "fsdp" else unwrap(model)
+
+    def run_eval():
+        results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, fps=fps,
+                           rank=rank, world_size=world_size)
+        history.append({"step": step, "answers_generated": answers_generated,
+                        "val_accuracy": results["all"]["accuracy"], "val_format": results["all"]["format"]})
+        if master:
+            print(f"step {step}: val accuracy {results['all']['accuracy']:.3f} "
+                  f"format {results['all']['format']:.3f}")
+        return results
+
+    def checkpoint():
+        ckpt = {"model": model_state(model), "optimizer": optimizer_state(model, optimizer), "step": step,
+                "buffer": buffer.state_dict(), "rng": all_gather_objects_or_self(rng_state(rng, gen)),
+                "answers_generated": answers_generated, "history": history, "config": config}
+        if master:
+            save_checkpoint(ckpt_path, ckpt)
+
+    if step == 0 and not history:
+        first_eval = run_eval()
+    log_path = os.path.join(out_dir, "log.jsonl")
+    log_file = open(log_path, "a") if master else None
+    bar = tqdm(total=max_steps, initial=step, disable=not master, desc="rl", dynamic_ncols=True)
+    while step < max_steps:
+        t0 = time.time()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        prompts = draw_prompts(records, rng, prompts_per_step, skipped)
+        t_gen = time.time()
+        rollout, r_cur, za_before, changes, n_gen = sample_with_augmentation(
+            generator_model, processor, prompts, buffer, gen, synced)
+        t_gen = time.time() - t_gen
+        if beta > 0:
+            add_logps(rollout, None, reference, temperature=temperature, device=device)
+        advantages = group_advantages(rollout.rewards, group_size, eps=adv_eps)
+        stats = policy_update(model, optimizer, rollout, advantages, params, world_size)
+        buffer.push(all_gather_floats(r_cur.tolist()))
+        step += 1
+        answers_generated += int(mean_over_ranks(n_gen) * world_size)
+        gen_tokens = rollout.completion_mask.sum().item()
+        row = {
+            "step": step, "lr": lr_at(step - 1), "answers_generated": answers_generated,
+            "reward": mean_over_ranks(rollout.rewards.mean().item()),
+            "accuracy": mean_over_ranks(rollout.accuracy.mean().item()),
+            "format": mean_over_ranks(rollout.format.mean().item()),
+            "zero_adv_before": mean_over_ranks(za_before),
+            "zero_adv_after": mean_over_ranks(zero_advantage_ratio(rollout.rewards, group_size)),
+            "augmented_harder": changes["harder"], "augmented_easier": changes["easier"],
+            "r_ref": buffer.mean(), **stats,
+            "completion_len": gen_tokens / len(rollout.texts),
+            "step_time": time.time() - t0, "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+        }
+        if master:
+            if changes["hints"]:
+                row["example_hint"] = changes["hints"][0]
+            log_file.write(json.dumps(row) + "\n")
+            log_file.flush()
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row['accuracy']:.2f}",
+                            za=f"{row['zero_adv_before']:.2f}->{row['zero_adv_after']:.2f}")
+        if eval_interval and step % eval_interval == 0 and step < max_steps:
+            run_eval()
+        if step % checkpoint_interval == 0 or step == max_steps:
+            if step == max_steps:
+                last_eval = run_eval()
+            checkpoint()
+    bar.close()
+    if master:
+        log_file.close()
+        first = history[0]["val_accuracy"]
+        final = history[-1]["val_accuracy"]
+        rows = [json.loads(l) for l in open(log_path)]
+        k = max(1, len(rows) // 5)
+        za_start = sum(r["zero_adv_before"] for r in rows[:k]) / k
+        za_end_after = sum(r["zero_adv_after"] for r in rows[-k:]) / k
+        summary = {"val_accuracy_start": first, "val_accuracy_end": final, "steps": step,
+                   "answers_generated": answers_generated, "zero_adv_first_steps": za_start,
+                   "zero_adv_last_steps_after_augmentation": za_end_after,
+                   "seconds_per_step": sum(r["step_time"] for r in rows) / len(rows),
+                   "rollout_tokens_per_s": sum(r["rollout_tokens_per_s"] for r in rows) / len(rows)}
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"val accuracy: {first:.3f} (start of RL) -> {final:.3f} (after {step} steps); "
+              f"zero-advantage ratio {za_start:.2f} (first steps) -> {za_end_after:.2f} (last steps, after augmentation)")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_gather_objects_or_self(obj):
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+if __name__ == "__main__":
+    main()
