@@ -117,7 +117,7 @@ def normalize_text(text):
 def accuracy_reward(text, record):
     """1.0 for a right answer, 0.0 otherwise (regression: 1 - relative error, floored at 0).
 
-    multiple_choice: the option letter; numerical: equal within 1e-2 relative (abs for |x| < 1);
+    multiple_choice: the option letter; numerical: equal after rounding to 2 decimals (Video-R1's rule);
     free_form / ocr: equal after lower-casing and dropping punctuation and articles.
     """
     answer = extract_answer(text)
@@ -130,8 +130,9 @@ def accuracy_reward(text, record):
         pred, gold = parse_number(answer), parse_number(truth)
         if pred is None or gold is None:
             return 0.0
-        err = abs(pred - gold) / max(abs(gold), 1.0)
-        return float(err <= 1e-2) if kind == "numerical" else max(0.0, 1.0 - err)
+        if kind == "numerical":
+            return float(round(pred, 2) == round(gold, 2))
+        return max(0.0, 1.0 - abs(pred - gold) / max(abs(gold), 1e-6))
     return float(normalize_text(answer) == normalize_text(truth))
 
 
