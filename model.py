@@ -1,0 +1,284 @@
+"""The policy: Qwen2.5-VL through the transformers Auto classes, plus a tiny random-init stand-in.
+
+load_policy / load_reference load any Qwen2.5-VL checkpoint (a hub id or a local directory);
+tiny_qwen25vl writes a random-init Qwen2.5-VL with our own byte-level BPE tokenizer and the real
+processor classes into a directory, so that the same load_policy loads it.
+
+completion_logps is the one forward pass the trainer needs: log pi(y_t | x, y_<t) for every completion
+token, with temperature applied the way sampling applies it (softmax(logits / tau)).
+
+Sampling trap: an untrained policy puts mass on <|video_pad|> and friends; a sampled placeholder makes
+the next forward fail with "Video features and video tokens do not match". Pass
+`suppress_tokens=vision_token_ids(processor)` to generate (and the same list to completion_logps if
+the log-probs must be those of the suppressed sampling distribution).
+"""
+
+import inspect
+import os
+
+import torch
+import torch.utils.checkpoint
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+# Qwen's special tokens (same strings as the real tokenizer) and the plain tags our rewards look for.
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+# Pixel budget per frame for the processors: frames arrive already resized to multiples of 28 with
+# H*W <= MAX_PIXELS, so smart_resize leaves them as they are (no resampling in the processor).
+MIN_PIXELS = 28 * 28
+MAX_PIXELS = 128 * 28 * 28
+
+# Qwen-style chat template: no default system turn; a {"type": "video"} part becomes
+# <|vision_start|><|video_pad|><|vision_end|> which the processor expands to one pad per video token.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+# A few lines so that an empty `texts` still trains a tokenizer with some merges.
+DEFAULT_TEXTS = [
+    "Which way does the red square move? A. left B. right C. up D. down",
+    "<think>The object starts on the left. It ends on the right. So it moves right.</think>"
+    "<answer>B</answer>",
+    "How many circles appear in the video? Which object appears first? What colour is it at the end?",
+]
+
+
+def train_tokenizer(texts=(), vocab_size=768):
+    """Byte-level BPE on `texts` (plus DEFAULT_TEXTS), Qwen's special tokens, tags as plain tokens.
+
+    Like Qwen's tokenizer: no BOS is prepended, eos = <|im_end|>, pad = <|endoftext|>.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts) + DEFAULT_TEXTS, trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   model_max_length=32768)
+
+
+def tiny_config(tokenizer, **size_overrides):
+    """Qwen2.5-VL config scaled down; size_overrides go to the text config unless prefixed `vision_`."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    vision = dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=14,
+                  temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[0],
+                  tokens_per_second=2)
+    for k, v in size_overrides.items():
+        if k.startswith("vision_"):
+            vision[k[len("vision_"):]] = v
+        else:
+            text[k] = v
+    vision["out_hidden_size"] = text["hidden_size"]
+    half = text["hidden_size"] // text["num_attention_heads"] // 2
+    hw = (3 * half) // 8  # Qwen's split of the rotary half-dim into (t, h, w): 16/24/24 of 64
+    text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 1e6,
+                                        "mrope_section": [half - 2 * hw, hw, hw]})
+    head_dim = 2 * half
+    if sum(text["rope_parameters"]["mrope_section"]) != head_dim // 2:
+        raise ValueError(f"mrope_section {text['rope_parameters']['mrope_section']} must sum to "
+                         f"head_dim/2 = {head_dim // 2}; pass rope_parameters=... with a matching section")
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision,
+                            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                            vision_start_token_id=ids["<|vision_start|>"],
+                            vision_end_token_id=ids["<|vision_end|>"],
+                            bos_token_id=text["bos_token_id"], eos_token_id=text["eos_token_id"],
+                            pad_token_id=text["pad_token_id"])
+
+
+def make_processor(tokenizer):
+    """The real Qwen2.5-VL processor classes with a budget that keeps our frames' size and count."""
+    kw = dict(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=14, temporal_patch_size=2, merge_size=2)
+    image_processor = Qwen2VLImageProcessor(**kw)
+    video_processor = Qwen2VLVideoProcessor(**kw, do_sample_frames=False, cap_pixels_per_frame=False)
+    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+
+
+def build_tiny(texts=(), seed=0, vocab_size=768, **size_overrides):
+    """(model, processor) of the tiny Qwen2.5-VL in memory; deterministic given texts and seed."""
+    tokenizer = train_tokenizer(texts, vocab_size)
+    config = tiny_config(tokenizer, **size_overrides)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    text = config.text_config
+    # Plain sampling from softmax(logits / temperature): no top-k / top-p unless the caller asks.
+    model.generation_config = GenerationConfig(
+        eos_token_id=[text.eos_token_id, text.bos_token_id],  # <|im_end|>, <|endoftext|> as in Qwen
+        pad_token_id=text.pad_token_id, bos_token_id=text.bos_token_id,
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+    return model, make_processor(tokenizer)
+
+
+def tiny_qwen25vl(out_dir, texts=(), seed=0, vocab_size=768, **size_overrides):
+    """Random-init Qwen2.5-VL + our tokenizer + the real processors, saved into out_dir; returns out_dir.
+
+    Defaults: text 4 layers, hidden 128, 4 heads (2 kv, head_dim 32), MLP 256, mrope_section [4, 6, 6];
+    vision 1 block, hidden 64, 2 heads, patch 14, temporal patch 2, merge 2, out_hidden 128.
+    About 0.9 M parameters with a 390-token vocabulary, 1.0 M with 768.
+    size_overrides: text config keys (hidden_size=..., num_hidden_layers=...) or vision_<key>.
+    """
+    model, processor = build_tiny(texts, seed, vocab_size, **size_overrides)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def _check_source(name_or_path):
+    """A local-looking path must be an existing directory; a hub id ('org/name') is passed through."""
+    name = os.fspath(name_or_path)
+    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1
+    if os.path.isfile(name):
+        raise NotADirectoryError(f"{name}: expected a model directory (config.json, weights, processor), "
+                                 "found a file")
+    if looks_local and not os.path.isdir(name):
+        raise FileNotFoundError(f"{name}: no such model directory (expected a directory written by "
+                                "save_pretrained or a hub id like 'Qwen/Qwen2.5-VL-7B-Instruct')")
+    if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
+        raise FileNotFoundError(f"{name}: directory has no config.json; not a saved model")
+    return name
+
+
+def load_policy(name_or_path, dtype=torch.float32, device="cpu", attn_implementation="sdpa"):
+    """(model, processor) for any Qwen2.5-VL checkpoint, through AutoModelForImageTextToText."""
+    name = _check_source(name_or_path)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype,
+                                                            attn_implementation=attn_implementation)
+        processor = AutoProcessor.from_pretrained(name)
+    except OSError as e:
+        raise OSError(f"{name}: could not load as a local directory or a hub id: {e}") from e
+    return model.to(device), processor
+
+
+def load_reference(name_or_path, dtype=torch.float32, device="cpu", attn_implementation="sdpa"):
+    """The frozen reference policy pi_ref: eval mode, requires_grad False everywhere. Returns the model."""
+    model, _ = load_policy(name_or_path, dtype=dtype, device=device, attn_implementation=attn_implementation)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _visual(model):
+    visual = getattr(getattr(model, "model", model), "visual", None)
+    if visual is None:
+        raise AttributeError(f"{type(model).__name__}: no vision tower at model.model.visual")
+    return visual
+
+
+def freeze_vision(model):
+    """Freeze the vision tower (patch embed, blocks, merger); only the language model and lm_head train."""
+    _visual(model).requires_grad_(False)
+    return model
+
+
+def enable_gradient_checkpointing(model):
+    """Recompute decoder activations in backward; non-reentrant, so a frozen vision tower is fine."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # newer name; the old one warns there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+    return model
+
+
+def vision_token_ids(processor):
+    """Ids that must never be sampled: vision placeholders and their start/end/pad markers."""
+    tok = getattr(processor, "tokenizer", processor)
+    vocab = tok.get_vocab()
+    return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
+
+
+def count_parameters(model, trainable_only=False):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _mm_token_type_ids(config, input_ids):
+    """0 text, 1 image placeholder, 2 video placeholder, for the full prompt+completion sequence."""
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types[input_ids == config.image_token_id] = 1
+    types[input_ids == config.video_token_id] = 2
+    return types
+
+
+def _row_logps(logits, targets, temperature, suppress):
+    """(T, V) logits of one row in model dtype -> (T,) float32 log-probs of targets."""
+    z = logits.float() / temperature  # (T, V) float32
+    if suppress is not None:
+        z = z.index_fill(-1, suppress, float("-inf"))
+    return z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)  # (T,)
+
+
+def completion_logps(model, batch, temperature=1.0, suppress_tokens=None):
+    """log pi(y_t | x, y_<t) at temperature tau, for the T completion tokens. Returns (N, T) float32.
+
+    batch: input_ids (N, P+T) = left-padded prompt + right-padded completion, attention_mask (N, P+T),
+    completion_mask (N, T), and the processor's visual keys (pixel_values_videos, video_grid_thw,
+    second_per_grid_ts, ...). Positions with completion_mask 0 come back as 0.
+
+        log pi(y_t) = z_{y_t} / tau - logsumexp_v(z_v / tau),   z = logits at position P+t-1
+
+    The same as sampling with temperature tau (generate divides the float32 logits by tau). With
+    suppress_tokens those ids get z = -inf first, as SuppressTokensLogitsProcessor does in generate.
+    Memory: only the last T+1 positions go through lm_head (logits_to_keep), giving (N, T+1, V) in the
+    model's dtype; the float32 log-softmax runs one row at a time and, under autograd, is recomputed
+    in backward (checkpoint), so no float32 (N, T, V) exists in forward or backward.
+    """
+    input_ids, attention_mask, completion_mask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    N, L = input_ids.shape
+    T = completion_mask.shape[1]
+    if completion_mask.shape[0] != N or attention_mask.shape != input_ids.shape or T >= L:
+        raise ValueError(f"completion_mask {tuple(completion_mask.shape)} and attention_mask "
+                         f"{tuple(attention_mask.shape)} do not fit input_ids {tuple(input_ids.shape)}")
+    drop = ("completion_mask", "mm_token_type_ids", "video_metadata")
+    inputs = {k: v for k, v in batch.items() if k not in drop}
+    inner = getattr(model, "module", model)  # DDP wraps; FSDP2 keeps the class
+    if "mm_token_type_ids" in inspect.signature(inner.forward).parameters:
+        # The processor's mm_token_type_ids covers the prompt only. Newer transformers build the 3D rope
+        # index from it and silently fall back to 1D positions without it, so rebuild it full length.
+        inputs["mm_token_type_ids"] = _mm_token_type_ids(inner.config, input_ids)
+    out = model(**inputs, use_cache=False, logits_to_keep=T + 1)
+    logits = out.logits[:, :-1]  # (N, T, V) model dtype: position P+t-1 predicts token P+t
+    targets = input_ids[:, -T:]  # (N, T)
+    suppress = None
+    if suppress_tokens is not None:
+        suppress = torch.as_tensor(list(suppress_tokens), dtype=torch.long, device=logits.device)
+    rows = []
+    for i in range(N):
+        if logits.requires_grad:
+            rows.append(torch.utils.checkpoint.checkpoint(_row_logps, logits[i], targets[i], temperature,
+                                                          suppress, use_reentrant=False))
+        else:
+            rows.append(_row_logps(logits[i], targets[i], temperature, suppress))
+    logps = torch.stack(rows)  # (N, T)
+    return torch.where(completion_mask.bool(), logps, torch.zeros_like(logps))

@@ -1,0 +1,291 @@
+"""model.py: tiny Qwen2.5-VL round trip, processor/tokenizer agreement, completion_logps numerics."""
+
+import numpy as np
+import pytest
+import torch
+
+import model as M
+
+QUESTIONS = ["Which way does the red square move?", "How many circles appear in the whole video clip?"]
+TEXTS = ["The red square moves left. The blue circle moves right. How many circles appear?"] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return M.tiny_qwen25vl(tmp_path_factory.mktemp("tiny") / "qwen", texts=TEXTS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_dir):
+    model, processor = M.load_policy(tiny_dir)
+    return model.eval(), processor
+
+
+def videos(n, frames=8, size=112, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def prompt(processor, question):
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def prompt_batch(processor, questions, vids):
+    texts = [prompt(processor, q) for q in questions]
+    return processor(text=texts, videos=vids, return_tensors="pt", padding=True, padding_side="left")
+
+
+def with_completions(prompts, completions, pad_id):
+    """Layout of completion_logps: left-padded prompt, then right-padded completion."""
+    T = max(len(c) for c in completions)
+    ids = torch.full((len(completions), T), pad_id)
+    mask = torch.zeros(len(completions), T, dtype=torch.long)
+    for i, c in enumerate(completions):
+        ids[i, :len(c)] = torch.tensor(c)
+        mask[i, :len(c)] = 1
+    batch = dict(prompts)
+    batch["input_ids"] = torch.cat([prompts["input_ids"], ids], 1)
+    batch["attention_mask"] = torch.cat([prompts["attention_mask"], mask], 1)
+    batch["completion_mask"] = mask
+    return batch
+
+
+def text_ids(processor, s):
+    return processor.tokenizer(s, add_special_tokens=False)["input_ids"]
+
+
+def naive_logps(model, processor, question, video, completion, temperature=1.0, suppress=()):
+    """One unpadded sequence, full-vocabulary float64 log-softmax over all positions."""
+    p = processor(text=[prompt(processor, question)], videos=[video], return_tensors="pt")
+    ids = torch.cat([p["input_ids"], torch.tensor([completion])], 1)
+    types = torch.zeros_like(ids)
+    types[ids == model.config.video_token_id] = 2
+    visual = {k: p[k] for k in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")}
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=types, **visual).logits
+    z = logits[0].double() / temperature
+    z[:, list(suppress)] = float("-inf")
+    P = p["input_ids"].shape[1]
+    logp = torch.log_softmax(z, -1)[P - 1:P - 1 + len(completion)]
+    return logp.gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+
+
+def test_round_trip_same_weights_and_logits(tiny_dir, policy):
+    loaded, processor = policy
+    fresh, _ = M.build_tiny(texts=TEXTS, seed=0)
+    fresh.eval()
+    assert type(loaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+    a, b = fresh.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    batch = prompt_batch(processor, QUESTIONS, videos(2))
+    with torch.no_grad():
+        assert torch.equal(fresh(**batch).logits, loaded(**batch).logits)
+    other, _ = M.build_tiny(texts=TEXTS, seed=1)
+    assert not torch.equal(other.lm_head.weight, loaded.lm_head.weight)
+
+
+def test_size_and_parameter_count(policy):
+    model, processor = policy
+    text, vision = model.config.text_config, model.config.vision_config
+    sizes = (text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.num_key_value_heads)
+    assert sizes == (4, 128, 4, 2)
+    assert sum(text.rope_parameters["mrope_section"]) == text.hidden_size // text.num_attention_heads // 2
+    assert (vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size) == (14, 2, 2)
+    assert vision.out_hidden_size == text.hidden_size
+    assert text.vocab_size == len(processor.tokenizer)
+    assert 0.2e6 < M.count_parameters(model) < 3e6
+
+
+def test_chat_template_and_tags(policy):
+    _, processor = policy
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "video"}, {"type": "image"}, {"type": "text", "text": "Q?"}]},
+                {"role": "assistant", "content": "<think>x</think><answer>A</answer>"}]
+    got = processor.apply_chat_template(messages, tokenize=False)
+    assert got == ("<|im_start|>system\nBe brief.<|im_end|>\n"
+                   "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>"
+                   "<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n"
+                   "<|im_start|>assistant\n<think>x</think><answer>A</answer><|im_end|>\n")
+    assert prompt(processor, "Q?").endswith("Q?<|im_end|>\n<|im_start|>assistant\n")
+    tok = processor.tokenizer
+    for tag in M.TAG_TOKENS + M.SPECIAL_TOKENS:
+        assert len(text_ids(processor, tag)) == 1, tag
+    s = "<think>It moves left.</think><answer>B</answer>"
+    assert tok.decode(text_ids(processor, s)) == s
+    assert tok.decode(text_ids(processor, s), skip_special_tokens=True) == s  # tags are plain tokens
+
+
+def test_placeholder_count_matches_grid(policy):
+    _, processor = policy
+    batch = prompt_batch(processor, QUESTIONS[:1], videos(1, frames=8, size=112))
+    grid = batch["video_grid_thw"]
+    assert grid.tolist() == [[4, 8, 8]]  # 8 frames / temporal patch 2; 112 px / patch 14: not resized
+    n_pad = int((batch["input_ids"] == processor.video_token_id).sum())
+    assert n_pad == int(grid.prod()) // 4 == 64
+    assert batch["pixel_values_videos"].shape == (4 * 8 * 8, 3 * 2 * 14 * 14)
+    # a 168x112 clip of 6 frames: kept at its size, 3 temporal groups
+    clip = np.zeros((6, 168, 112, 3), np.uint8)
+    other = processor(text=[prompt(processor, "Q")], videos=[clip], return_tensors="pt")
+    assert other["video_grid_thw"].tolist() == [[3, 12, 8]]
+    assert int((other["input_ids"] == processor.video_token_id).sum()) == 3 * 12 * 8 // 4
+
+
+def test_special_ids_agree(policy):
+    model, processor = policy
+    tok = processor.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t in M.SPECIAL_TOKENS}
+    assert len(set(ids.values())) == len(ids)
+    text = model.config.text_config
+    assert text.bos_token_id == ids["<|endoftext|>"]
+    assert text.eos_token_id == ids["<|im_end|>"] == tok.eos_token_id
+    assert text.pad_token_id == ids["<|endoftext|>"] == tok.pad_token_id
+    assert model.config.video_token_id == ids["<|video_pad|>"] == processor.video_token_id
+    assert model.config.image_token_id == ids["<|image_pad|>"] == processor.image_token_id
+    assert model.config.vision_start_token_id == ids["<|vision_start|>"]
+    assert model.config.vision_end_token_id == ids["<|vision_end|>"]
+    assert set(model.generation_config.eos_token_id) == {ids["<|im_end|>"], ids["<|endoftext|>"]}
+    assert M.vision_token_ids(processor) == sorted(ids[t] for t in M.VISION_TOKENS)
+    assert tok("hi")["input_ids"] == text_ids(processor, "hi")  # no BOS prepended, as in Qwen
+
+
+def test_completion_logps_matches_naive_and_ignores_padding(policy):
+    model, processor = policy
+    vids = videos(2, seed=3)
+    eos = processor.tokenizer.eos_token_id
+    completions = [text_ids(processor, "<think>It moves left.</think><answer>A</answer>") + [eos],
+                   text_ids(processor, "<answer>C</answer>")]
+    prompts = prompt_batch(processor, QUESTIONS, vids)
+    assert (prompts["attention_mask"][:, 0] == 0).any()  # really left-padded
+    batch = with_completions(prompts, completions, processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        got = M.completion_logps(model, batch)
+    assert got.dtype == torch.float32 and got.shape == batch["completion_mask"].shape
+    for i, c in enumerate(completions):
+        ref = naive_logps(model, processor, QUESTIONS[i], vids[i], c)
+        torch.testing.assert_close(got[i, :len(c)].double(), ref, atol=2e-5, rtol=0)
+        assert torch.all(got[i, len(c):] == 0)
+    # more left padding, and junk ids wherever attention_mask is 0: same numbers
+    P, extra = prompts["input_ids"].shape[1], 5
+    ids = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 42)
+    junk = dict(batch, input_ids=torch.cat([torch.full((2, extra), 42), ids], 1),
+                attention_mask=torch.cat([torch.zeros(2, extra, dtype=torch.long), batch["attention_mask"]], 1))
+    with torch.no_grad():
+        torch.testing.assert_close(M.completion_logps(model, junk), got, atol=2e-5, rtol=0)
+
+
+def test_temperature_and_suppression(policy):
+    model, processor = policy
+    vid = videos(1, seed=4)
+    c = text_ids(processor, "<answer>B</answer>")
+    batch = with_completions(prompt_batch(processor, QUESTIONS[:1], vid), [c], processor.tokenizer.pad_token_id)
+    sup = M.vision_token_ids(processor)
+    with torch.no_grad():
+        cold = M.completion_logps(model, batch, temperature=0.3)
+        hot = M.completion_logps(model, batch, temperature=1.0)
+        cold_sup = M.completion_logps(model, batch, temperature=0.3, suppress_tokens=sup)
+    ref = naive_logps(model, processor, QUESTIONS[0], vid[0], c, 0.3)
+    ref_sup = naive_logps(model, processor, QUESTIONS[0], vid[0], c, 0.3, sup)
+    torch.testing.assert_close(cold[0].double(), ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(cold_sup[0].double(), ref_sup, atol=2e-5, rtol=0)
+    assert (cold - hot).abs().max() > 1e-3
+    assert torch.all(cold_sup > cold)  # removing mass from other tokens raises every kept token's log-prob
+
+
+def test_completion_logps_gradient_matches_naive(tiny_dir):
+    """The row-by-row, recomputed-in-backward log-softmax gives the gradient of the plain one."""
+    model, processor = M.load_policy(tiny_dir)
+    vids = videos(2, seed=6)
+    completions = [text_ids(processor, "<answer>A</answer>"), text_ids(processor, "B")]
+    batch = with_completions(prompt_batch(processor, QUESTIONS, vids), completions, processor.tokenizer.pad_token_id)
+    M.completion_logps(model, batch, temperature=0.7).sum().backward()
+    got = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    P = batch["input_ids"].shape[1] - batch["completion_mask"].shape[1]
+    types = (batch["input_ids"] == model.config.video_token_id).int() * 2
+    visual = {k: batch[k] for k in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   mm_token_type_ids=types, **visual).logits
+    logp = torch.log_softmax(logits[:, P - 1:-1].double() / 0.7, -1)
+    ref = logp.gather(-1, batch["input_ids"][:, P:, None]).squeeze(-1)
+    (ref * batch["completion_mask"]).sum().backward()
+    torch.testing.assert_close(got, model.lm_head.weight.grad, atol=1e-5, rtol=1e-4)
+    assert got.abs().max() > 1e-3
+
+
+def test_completion_logps_checks_shapes(policy):
+    model, processor = policy
+    batch = with_completions(prompt_batch(processor, QUESTIONS, videos(2)), [[50], [60]], 0)
+    batch["completion_mask"] = batch["completion_mask"][:1]
+    with pytest.raises(ValueError, match="completion_mask .1, 1. .* do not fit input_ids"):
+        M.completion_logps(model, batch)
+
+
+def test_generate_never_samples_vision_tokens(policy):
+    model, processor = policy
+    sup = M.vision_token_ids(processor)
+    prompts = prompt_batch(processor, QUESTIONS, videos(2, seed=5))
+    P = prompts["input_ids"].shape[1]
+    boost = torch.zeros(model.config.text_config.vocab_size)
+    boost[sup] = 30.0  # make the placeholders the model's favourite tokens
+    hook = model.lm_head.register_forward_hook(lambda mod, inp, out: out + boost.to(out.dtype))
+    try:
+        torch.manual_seed(0)
+        free = model.generate(**prompts, max_new_tokens=8, do_sample=True)
+        assert torch.isin(free[:, P:], torch.tensor(sup)).all()  # the trap is real without suppression
+        torch.manual_seed(0)
+        out = model.generate(**prompts, max_new_tokens=24, do_sample=True, temperature=1.5,
+                             suppress_tokens=sup, output_logits=True, return_dict_in_generate=True)
+    finally:
+        hook.remove()
+    completion = out.sequences[:, P:]
+    assert not torch.isin(completion, torch.tensor(sup)).any()
+    # feed the samples back: no "video features and video tokens do not match", and the log-probs are
+    # the ones the sampler used (generate's raw logits / tau, suppressed ids removed)
+    mask = torch.ones_like(completion)
+    batch = dict(prompts, input_ids=out.sequences, completion_mask=mask,
+                 attention_mask=torch.cat([prompts["attention_mask"], mask], 1))
+    with torch.no_grad():
+        got = M.completion_logps(model, batch, temperature=1.5, suppress_tokens=sup)
+    z = torch.stack(out.logits, 1).double() / 1.5  # (N, T, V) generate's logits, boost included
+    z[..., sup] = float("-inf")  # the boost sat on these ids only, so the rest equal the unhooked logits
+    ref = torch.log_softmax(z, -1).gather(-1, completion[..., None]).squeeze(-1)
+    torch.testing.assert_close(got.double(), ref, atol=2e-5, rtol=0)
+
+
+def test_freeze_vision_and_checkpointing_train_only_language_model(tiny_dir):
+    model, processor = M.load_policy(tiny_dir)
+    M.freeze_vision(model)
+    M.enable_gradient_checkpointing(model)
+    model.train()
+    assert model.model.language_model.gradient_checkpointing
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert trainable and all(n.startswith(("model.language_model.", "lm_head.")) for n in trainable)
+    assert frozen and all(n.startswith("model.visual.") for n in frozen)
+    batch = with_completions(prompt_batch(processor, QUESTIONS, videos(2)),
+                             [text_ids(processor, "<answer>A</answer>"), text_ids(processor, "B")],
+                             processor.tokenizer.pad_token_id)
+    logps = M.completion_logps(model, batch)
+    (-(logps.sum())).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("model.visual."))
+
+
+def test_load_reference_is_frozen(tiny_dir):
+    ref = M.load_reference(tiny_dir)
+    assert not ref.training
+    assert all(not p.requires_grad for p in ref.parameters())
+
+
+def test_bad_path_names_the_path(tmp_path):
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(FileNotFoundError, match="no_such_model"):
+        M.load_policy(missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="empty.*config.json"):
+        M.load_policy(empty)
