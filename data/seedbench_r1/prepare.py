@@ -1,0 +1,35 @@
+"""Convert SEED-Bench-R1 annotations (jsonl) to our JSONL records.
+
+    python data/seedbench_r1/prepare.py --annotations SEED-Bench-R1/annotations/training_6k.jsonl \
+        --video_root SEED-Bench-R1 --out data/seedbench_r1/train.jsonl [--seed 0]
+
+video_root is the data root holding videos/<video_source>/<video_basename> and
+images/<video_source>/<current_observation_basename>. Training rows get four options: the answer
+and three negatives drawn with --seed; validation rows keep choice_a..choice_d. See
+dataset.convert_seedbench_r1 for the field names.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from dataset import convert_seedbench_r1, write_records  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--annotations", required=True, help="SEED-Bench-R1 .jsonl")
+    p.add_argument("--video_root", required=True, help="data root with videos/ and images/")
+    p.add_argument("--out", required=True, help="output .jsonl")
+    p.add_argument("--seed", type=int, default=0, help="draws the three negatives per training row")
+    args = p.parse_args(argv)
+    records = convert_seedbench_r1(args.annotations, args.video_root, seed=args.seed)
+    write_records(args.out, records)
+    n_img = sum(r["meta"].get("no_video", False) for r in records)
+    print(f"wrote {len(records)} records to {args.out} ({n_img} without a clip use the "
+          f"current-observation image)")
+
+
+if __name__ == "__main__":
+    main()

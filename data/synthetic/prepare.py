@@ -1,0 +1,269 @@
+"""Synthetic video-reasoning benchmark: coloured shapes on a dark background, 8 frames of 112x112.
+
+    python data/synthetic/prepare.py [--out data/synthetic] [--seed 0] [--n_train 2000] [--n_val 200]
+
+writes <out>/train.jsonl, <out>/val.jsonl and <out>/videos/{train,val}_NNNNNN.mp4.
+
+Four question families, each answerable only from the video (the text names the object, never
+the answer), four options, the correct letter uniform over A-D:
+  motion  "Which way does the red square move?"            left / right / up / down
+  colour  "What colour does the red square turn into?"     four colours other than red
+  count   "How many red shapes are there?"                  1 / 2 / 3 / 4
+  first   "Which colour appears first?"                     two to four colours that appear
+                                                            one after another, plus absent ones
+Token geometry of the tiny Qwen2.5-VL: patch 14, temporal patch 2, merge 2, so one video token
+sees a 28x28 region of 2 consecutive frames (4 time steps x 4x4 tokens). At difficulty d = 0
+objects are 28 px (one token cell), motion crosses three cells, changes happen mid-clip, and
+there is no noise and nothing else on screen. As d -> 1, on a per-question d drawn uniformly:
+  size      28 -> 10 px                   (an object covers a fraction of one token)
+  motion    84 -> 14 px over the clip     (less than one token cell)
+  timing    colour change at frame 4 -> 7; first appearance gap 4 -> 1 frames (same token step)
+  objects   0 -> 3 distractors (moving ones for motion; more objects to order for first)
+  noise     Gaussian on 4x4 pixel blocks, std 0 up to d = 0.3, then rising to 32 at d = 1
+Every question carries a two-to-three sentence reasoning trace that ends with the answer text
+(never the letter), e.g. "The red square starts on the left. It ends further right. So it moves
+right." Ground truth is in meta (family, difficulty, answer_text and the family's parameters).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from dataset import option_letters, write_records, write_video  # noqa: E402
+
+T, H, W, FPS = 8, 112, 112, 4
+BACKGROUND = 20
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
+           "yellow": (255, 255, 0), "cyan": (0, 255, 255), "magenta": (255, 0, 255),
+           "white": (255, 255, 255)}
+SHAPES = ("square", "circle", "triangle")
+DIRECTIONS = ("left", "right", "up", "down")
+FAMILIES = ("motion", "colour", "count", "first")
+CELL = 37  # 3x3 grid for static layouts with more than 4 objects (size <= 28 - 18 * 0.75)
+
+
+def knobs(d):
+    """Rendering parameters as a function of difficulty d in [0, 1]."""
+    return {"size": int(round(28 - 18 * d)),
+            "travel": int(round(84 - 70 * d)),
+            "noise": round(32 * float(np.clip((d - 0.3) / 0.7, 0, 1)), 2),
+            "n_distractors": min(3, int(d * 4))}
+
+
+def shape_mask(shape, s):
+    """(s, s) bool mask of a square, a circle or an upward triangle."""
+    yy, xx = np.mgrid[0:s, 0:s] + 0.5
+    if shape == "square":
+        return np.ones((s, s), bool)
+    if shape == "circle":
+        return (yy - s / 2) ** 2 + (xx - s / 2) ** 2 <= (s / 2) ** 2
+    if shape == "triangle":
+        return np.abs(xx - s / 2) <= yy / 2
+    raise ValueError(f"unknown shape {shape!r}, expected one of {SHAPES}")
+
+
+def draw(frame, shape, s, y, x, colour):
+    frame[y:y + s, x:x + s][shape_mask(shape, s)] = COLOURS[colour]
+
+
+def grid_positions(rng, n, s):
+    """n top-left corners in distinct cells of a grid, jittered inside the cell: a 2x2 grid of
+    56 px cells (>= 8 px between objects, one object per 2x2 block of tokens) for up to 4
+    objects, else a 3x3 grid of 37 px cells (>= 3 px between objects)."""
+    g, margin = (2, 4) if n <= 4 else (3, 0)
+    cell = H // g if g == 2 else CELL
+    jit = cell - s - 3 - 2 * margin
+    cells = rng.choice(g * g, size=n, replace=False)
+    return [(int(c // g * cell + margin + rng.integers(0, jit + 1)),
+             int(c % g * cell + margin + rng.integers(0, jit + 1))) for c in cells]
+
+
+def add_noise(rng, video, std):
+    """Gaussian noise on 4x4 pixel blocks (survives yuv420's 2x2 chroma and stays cheap to encode)."""
+    if std > 0:
+        noise = rng.normal(0, std, (T, H // 4, W // 4, 3)).repeat(4, 1).repeat(4, 2)
+        video = video + noise
+    return np.clip(video, 0, 255).round().astype(np.uint8)  # (T, H, W, 3)
+
+
+def mc(rng, answer, distractors):
+    """Options with the answer at a uniformly drawn position: (options, letter)."""
+    others = [distractors[i] for i in rng.permutation(len(distractors))[:3]]
+    k = int(rng.integers(4))
+    options = others[:k] + [answer] + others[k:]
+    return options, option_letters(4)[k]
+
+
+def blank():
+    return np.full((T, H, W, 3), BACKGROUND, np.float32)
+
+
+def other_colours(rng, exclude, n):
+    pool = [c for c in COLOURS if c not in exclude]
+    return [pool[i] for i in rng.permutation(len(pool))[:n]]
+
+
+# -----------------------------------------------------------------------------
+# the four families: each returns (video float (T, H, W, 3), question, options, letter, reasoning, meta)
+
+def third(v, s, names):
+    c = v + s / 2
+    return names[0] if c < H / 3 else names[1] if c < 2 * H / 3 else names[2]
+
+
+def motion(rng, k):
+    s, travel = k["size"], min(k["travel"], H - k["size"])
+    colour, shape = other_colours(rng, (), 1)[0], SHAPES[rng.integers(3)]
+    video = blank()
+    for dc in other_colours(rng, (colour,), k["n_distractors"]):  # distractors move too, under the target
+        dist = int(rng.integers(0, travel + 1))
+        _move(video, rng, SHAPES[rng.integers(3)], s, DIRECTIONS[rng.integers(4)], dist, dc)
+    direction = DIRECTIONS[rng.integers(4)]
+    start, end = _move(video, rng, shape, s, direction, travel, colour)
+    axis = 1 if direction in ("left", "right") else 0
+    where = third(start[axis], s, ("on the left", "in the middle", "on the right") if axis
+                  else ("at the top", "in the middle", "at the bottom"))
+    options, letter = mc(rng, direction, [d for d in DIRECTIONS if d != direction])
+    reasoning = (f"The {colour} {shape} starts {where}. It ends further {direction}. "
+                 f"So it moves {direction}.")
+    meta = {"colour": colour, "shape": shape, "direction": direction,
+            "start": list(start), "end": list(end)}
+    return video, f"Which way does the {colour} {shape} move?", options, letter, reasoning, meta
+
+
+def _move(video, rng, shape, s, direction, dist, colour):
+    """Draw a shape moving dist px in direction, linearly over the T frames; return (start, end)."""
+    lo = int(rng.integers(0, H - s - dist + 1))  # along the motion axis
+    across = int(rng.integers(0, H - s + 1))
+    a0, a1 = (lo, lo + dist) if direction in ("right", "down") else (lo + dist, lo)
+    for t in range(T):
+        a = int(round(a0 + (a1 - a0) * t / (T - 1)))
+        y, x = (across, a) if direction in ("left", "right") else (a, across)
+        draw(video[t], shape, s, y, x, colour)
+    return ((across, a0), (across, a1)) if direction in ("left", "right") else ((a0, across), (a1, across))
+
+
+def colour_change(rng, k, d):
+    s = k["size"]
+    c0, c1 = other_colours(rng, (), 2)
+    shape = SHAPES[rng.integers(3)]
+    change = int(round(4 + 3 * d))  # first frame with the new colour
+    n_d = min(k["n_distractors"], 3)
+    pos = grid_positions(rng, 1 + n_d, s)
+    video = blank()
+    for t in range(T):
+        draw(video[t], shape, s, *pos[0], c0 if t < change else c1)
+    for (y, x) in pos[1:]:  # distractors never show c0, so "the c0 shape" is unique at the start;
+        a, b = other_colours(rng, (c0,), 2)  # at d > 0.5 they change colour too, at their own time
+        t_b = int(rng.integers(2, T)) if rng.random() < 2 * d - 1 else T
+        sh = SHAPES[rng.integers(3)]
+        for t in range(T):
+            draw(video[t], sh, s, y, x, a if t < t_b else b)
+    options, letter = mc(rng, c1, other_colours(rng, (c0, c1), 5))
+    reasoning = f"The {shape} is {c0} at the start. It is {c1} at the end. So it turns {c1}."
+    meta = {"colour": c0, "shape": shape, "new_colour": c1, "change_frame": change,
+            "position": list(pos[0])}
+    return video, f"What colour does the {c0} {shape} turn into?", options, letter, reasoning, meta
+
+
+def count(rng, k):
+    s = k["size"]
+    colour = other_colours(rng, (), 1)[0]
+    n = int(rng.integers(1, 5))
+    n_d = k["n_distractors"]
+    pos = grid_positions(rng, n + n_d, s)
+    d_colours = [other_colours(rng, (colour,), 1)[0] for _ in range(n_d)]
+    video = blank()
+    for i, (y, x) in enumerate(pos):
+        c = colour if i < n else d_colours[i - n]
+        sh = SHAPES[rng.integers(3)]
+        for t in range(T):
+            draw(video[t], sh, s, y, x, c)
+    options, letter = mc(rng, str(n), [str(m) for m in range(1, 5) if m != n])
+    noun = "shape" if n == 1 else "shapes"
+    rest = ("There are no other shapes." if n_d == 0 else
+            f"{n_d} other {'shape is' if n_d == 1 else 'shapes are'} not {colour}.")
+    reasoning = f"I count {n} {colour} {noun}. {rest} So there {'is' if n == 1 else 'are'} {n}."
+    meta = {"colour": colour, "count": n, "distractor_colours": d_colours}
+    return video, f"How many {colour} shapes are there?", options, letter, reasoning, meta
+
+
+def first(rng, k, d):
+    s = k["size"]
+    n = 2 + min(2, int(d * 3))
+    t0 = int(round(2 * d))
+    gap = min(max(1, int(round(4 - 3 * d))), (T - 1 - t0) // (n - 1))
+    colours = other_colours(rng, (), n)  # in order of appearance
+    shapes = [SHAPES[i] for i in rng.integers(0, 3, n)]
+    pos = grid_positions(rng, n, s)
+    video = blank()
+    for i in range(n):
+        for t in range(t0 + i * gap, T):
+            draw(video[t], shapes[i], s, *pos[i], colours[i])
+    absent = other_colours(rng, colours, 4 - n)
+    options, letter = mc(rng, colours[0], colours[1:] + absent)
+    reasoning = (f"The {colours[0]} {shapes[0]} appears first. The {colours[1]} {shapes[1]} "
+                 f"appears after it. So {colours[0]} appears first.")
+    meta = {"order": colours, "shapes": shapes, "times": [t0 + i * gap for i in range(n)]}
+    return video, "Which colour appears first?", options, letter, reasoning, meta
+
+
+# -----------------------------------------------------------------------------
+
+def make_question(seed, split, i, difficulty=None):
+    """One question: (record, frames (T, H, W, 3) uint8). Depends only on (seed, split, i);
+    the family cycles with i, the difficulty is uniform on [0, 1] unless given."""
+    rng = np.random.default_rng([seed, ("train", "val").index(split), i])
+    family = FAMILIES[i % len(FAMILIES)]
+    d = round(float(rng.random()), 3)
+    d = d if difficulty is None else float(difficulty)
+    k = knobs(d)
+    if family == "motion":
+        out = motion(rng, k)
+    elif family == "colour":
+        out = colour_change(rng, k, d)
+    elif family == "count":
+        out = count(rng, k)
+    else:
+        out = first(rng, k, d)
+    video, question, options, letter, reasoning, meta = out
+    frames = add_noise(rng, video, k["noise"])
+    answer_text = options[option_letters(4).index(letter)]
+    record = {"id": f"syn-{split}-{i:06d}", "video": f"videos/{split}_{i:06d}.mp4",
+              "question": question, "options": options, "answer": letter,
+              "problem_type": "multiple_choice", "reasoning": reasoning,
+              "meta": {"family": family, "difficulty": d, "answer_text": answer_text, **k, **meta}}
+    return record, frames
+
+
+def generate(out_dir, seed=0, n_train=2000, n_val=200):
+    """Write <out_dir>/{train,val}.jsonl and <out_dir>/videos/*.mp4; return {split: records}."""
+    out = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        records = []
+        for i in range(n):
+            record, frames = make_question(seed, split, i)
+            write_video(os.path.join(out_dir, record["video"]), frames, fps=FPS, qp=14)
+            records.append(record)
+        write_records(os.path.join(out_dir, f"{split}.jsonl"), records)
+        out[split] = records
+    return out
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n_train", type=int, default=2000)
+    p.add_argument("--n_val", type=int, default=200)
+    args = p.parse_args()
+    t = time.time()
+    data = generate(args.out, args.seed, args.n_train, args.n_val)
+    for split, records in data.items():
+        fams = {f: sum(r["meta"]["family"] == f for r in records) for f in FAMILIES}
+        print(f"{split}: {len(records)} questions {fams} -> {os.path.join(args.out, split + '.jsonl')}")
+    print(f"done in {time.time() - t:.1f}s")

@@ -1,0 +1,30 @@
+"""Convert Video-R1 annotations (one JSON list, e.g. Video-R1-260k.json) to our JSONL records.
+
+    python data/video_r1/prepare.py --annotations Video-R1-260k.json --video_root /data/Video-R1 \
+        --out data/video_r1/train.jsonl
+
+Video paths in the output are absolute (video_root joined with each item's "path"). Items whose
+data_type is "image" are kept: PyAV reads an image as a one-frame video.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from dataset import convert_video_r1, write_records  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--annotations", required=True, help="Video-R1 JSON list")
+    p.add_argument("--video_root", required=True, help="folder the items' paths are relative to")
+    p.add_argument("--out", required=True, help="output .jsonl")
+    args = p.parse_args(argv)
+    records = convert_video_r1(args.annotations, args.video_root)
+    write_records(args.out, records)
+    print(f"wrote {len(records)} records to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

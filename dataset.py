@@ -1,0 +1,472 @@
+"""Video reading (PyAV), the internal data record, and adapters from Video-R1 and SEED-Bench-R1.
+
+The internal record is one JSON object per line of a .jsonl file:
+
+    {"id": "syn-train-000123",
+     "video": "videos/train_000123.mp4",      # relative paths resolve against the JSONL's folder
+     "question": "Which way does the red square move?",
+     "options": ["left", "right", "up", "down"],  # option texts without "A. "; [] if not MC
+     "answer": "B",                           # MC: the letter; numerical: "3.5"; else the text
+     "problem_type": "multiple_choice",       # one of PROBLEM_TYPES
+     "reasoning": "...",                      # optional, "" if none
+     "meta": {...}}                           # optional dict
+
+Bad videos raise VideoError("<path>: <reason>"); load_samples reports and skips them by rule.
+"""
+
+import json
+import math
+import os
+import random
+import re
+from collections import Counter
+
+import av
+import numpy as np
+
+PROBLEM_TYPES = ("multiple_choice", "numerical", "free_form", "ocr", "regression")
+TEXT_DEMUXERS = ("tty", "txt")
+REQUIRED_KEYS = ("id", "video", "question", "options", "answer", "problem_type")
+
+
+class VideoError(ValueError):
+    """A video that cannot be read. str(e) is always "<path>: <reason>"."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+    @property
+    def kind(self):
+        """The reason without its details, e.g. "file not found"; load_samples counts by it."""
+        return self.reason.split(" (")[0].split(":")[0]
+
+
+# -----------------------------------------------------------------------------
+# video in and out
+
+def target_size(height, width, max_pixels=112 * 112, size_multiple=28):
+    """(h, w): multiples of size_multiple, aspect kept, h * w <= max_pixels (Qwen's smart_resize,
+    without the min_pixels floor except one multiple per side)."""
+    f = size_multiple
+    if max_pixels < f * f:
+        raise ValueError(f"max_pixels={max_pixels} is below one {f}x{f} cell")
+    h = max(f, round(height / f) * f)
+    w = max(f, round(width / f) * f)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(f, math.floor(height / beta / f) * f)
+        w = max(f, math.floor(width / beta / f) * f)
+        while h * w > max_pixels:  # the max(f, .) floor can overshoot on extreme aspect ratios
+            if h >= w:
+                h -= f
+            else:
+                w -= f
+    return h, w
+
+
+def sample_indices(n, num_frames=8, fps=None, native_fps=None):
+    """Frame indices to keep out of n decoded frames.
+
+    Uniform: num_frames indices at the centres of num_frames equal segments (repeats when n is
+    smaller). fps given: one frame every native_fps / fps frames from the start, thinned uniformly
+    to at most num_frames.
+    """
+    if n <= 0:
+        raise ValueError(f"cannot sample from n={n} frames")
+    if fps is None:
+        return [min(n - 1, int((k + 0.5) * n / num_frames)) for k in range(num_frames)]
+    if not native_fps or native_fps <= 0:
+        raise ValueError(f"fps sampling needs the video's native fps, got {native_fps}")
+    step = native_fps / fps
+    idx = [int(round(k * step)) for k in range(int(math.floor((n - 1) / step)) + 1)]
+    idx = [i for i in idx if i < n] or [0]
+    if len(idx) > num_frames:
+        idx = [idx[int((k + 0.5) * len(idx) / num_frames)] for k in range(num_frames)]
+    return idx
+
+
+def _count_packets(path):
+    """(number of video packets, native fps, frame count the header claims or 0)."""
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise VideoError(path, "no video stream")
+        stream = container.streams.video[0]
+        if container.format.name in TEXT_DEMUXERS:  # ffmpeg renders text files as "video"
+            raise VideoError(path, f"not a video file (ffmpeg sees {container.format.name!r} "
+                                   f"text, codec {stream.codec_context.name!r})")
+        rate = stream.average_rate or stream.guessed_rate
+        claimed = stream.frames or 0
+        n = sum(1 for packet in container.demux(stream) if packet.size > 0)
+    return n, (float(rate) if rate else None), claimed
+
+
+def _decode(path, keep, max_pixels, size_multiple):
+    """Decode every frame; return (total decoded, {index: (H, W, 3) uint8} for indices in keep)."""
+    kept, n = {}, 0
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        size = None
+        for frame in container.decode(stream):
+            if n in keep:
+                if size is None:
+                    size = target_size(frame.height, frame.width, max_pixels, size_multiple)
+                rgb = frame.reformat(width=size[1], height=size[0], format="rgb24",
+                                     interpolation="AREA", threads=1)  # threads: determinism
+                kept[n] = rgb.to_ndarray()
+            n += 1
+    return n, kept
+
+
+def read_video(path, num_frames=8, fps=None, max_pixels=112 * 112, size_multiple=28):
+    """Read a video into (T, H, W, 3) uint8 with PyAV.
+
+    T = num_frames frames sampled uniformly over the clip, or (fps given) one frame per 1/fps
+    seconds from the start, thinned uniformly to at most num_frames. Frames are resized keeping
+    the aspect ratio so that H * W <= max_pixels and H, W are multiples of size_multiple.
+    Missing, empty, truncated and non-video files raise VideoError("<path>: <reason>").
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise VideoError(path, "file not found")
+    if os.path.isdir(path):
+        raise VideoError(path, "is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+    try:
+        n, native_fps, claimed = _count_packets(path)
+        if n == 0:
+            raise VideoError(path, "no decodable frames (0 video packets)")
+        if claimed and n < claimed:
+            raise VideoError(path, f"truncated or corrupt (header says {claimed} frames, "
+                                   f"found {n})")
+        keep = sample_indices(n, num_frames, fps, native_fps)
+        n_dec, kept = _decode(path, set(keep), max_pixels, size_multiple)
+        if n_dec == 0:
+            raise VideoError(path, "no decodable frames")
+        if n_dec != n:  # packets that decode to no frame (e.g. edit lists): sample again
+            keep = sample_indices(n_dec, num_frames, fps, native_fps)
+            n_dec, kept = _decode(path, set(keep), max_pixels, size_multiple)
+    except VideoError:
+        raise
+    except av.FFmpegError as e:
+        with open(path, "rb") as f:
+            is_mp4 = f.read(12)[4:8] == b"ftyp"
+        reason = "truncated or corrupt" if is_mp4 else "not a readable video"
+        raise VideoError(path, f"{reason} ({type(e).__name__}: {e})") from e
+    except (EOFError, OSError, RuntimeError) as e:
+        raise VideoError(path, f"truncated or corrupt ({type(e).__name__}: {e})") from e
+    return np.stack([kept[i] for i in keep])  # (T, H, W, 3)
+
+
+def write_video(path, frames, fps=4, qp=12):
+    """Write (T, H, W, 3) uint8 frames to an mp4 (H.264 yuv420p via libx264, else MPEG-4 Part 2).
+
+    yuv420p needs even H and W. Constant quantiser qp 12 is close to lossless: flat colours come
+    back within a few levels; chroma is shared by each 2x2 pixel block, so colour edges smear by a
+    pixel. Output bytes are deterministic: one thread everywhere and a constant qp (x264's crf
+    mode, through its macroblock-tree lookahead, gave run-to-run different bytes here).
+    """
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"{path}: frames must be (T, H, W, 3) uint8, got {frames.shape} "
+                         f"{frames.dtype}")
+    t, h, w, _ = frames.shape
+    if t == 0 or h % 2 or w % 2:
+        raise ValueError(f"{path}: need T >= 1 and even H, W for yuv420p, got {frames.shape}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = _video_stream(container, fps, qp)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for f in frames:
+            # swscale with several threads gave run-to-run different yuv bytes here: use one
+            yuv = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p",
+                                                                          threads=1)
+            for packet in stream.encode(yuv):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _video_stream(container, fps, qp):
+    try:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.options = {"qp": str(qp), "preset": "veryfast", "threads": "1"}
+    except (av.FFmpegError, ValueError):  # PyAV built without libx264
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.options = {"qscale": str(max(1, qp // 6))}
+    stream.thread_count = 1
+    return stream
+
+
+# -----------------------------------------------------------------------------
+# internal records
+
+def option_letters(n):
+    """["A", "B", ...] for n options (1 <= n <= 26)."""
+    if not 1 <= n <= 26:
+        raise ValueError(f"need 1..26 options, got {n}")
+    return [chr(ord("A") + i) for i in range(n)]
+
+
+def format_question(record):
+    """The question, then one "A. text" line per option for multiple choice."""
+    if record["problem_type"] != "multiple_choice":
+        return record["question"]
+    lines = [f"{l}. {o}" for l, o in zip(option_letters(len(record["options"])), record["options"])]
+    return record["question"] + "\n" + "\n".join(lines)
+
+
+def check_record(r):
+    """Return the reason a record is invalid, or None."""
+    if not isinstance(r, dict):
+        return f"expected a JSON object, got {type(r).__name__}"
+    missing = [k for k in REQUIRED_KEYS if k not in r]
+    if missing:
+        return f"missing keys {missing} (present: {sorted(r)})"
+    for k in ("id", "video", "question", "answer", "problem_type"):
+        if not isinstance(r[k], str):
+            return f"key {k!r} must be a string, got {type(r[k]).__name__}"
+    if r["problem_type"] not in PROBLEM_TYPES:
+        return f"problem_type {r['problem_type']!r} is not one of {list(PROBLEM_TYPES)}"
+    opts = r["options"]
+    if not isinstance(opts, list) or not all(isinstance(o, str) for o in opts):
+        return "options must be a list of strings"
+    if r["problem_type"] == "multiple_choice":
+        if not 2 <= len(opts) <= 26:
+            return f"multiple_choice needs 2..26 options, got {len(opts)}"
+        if r["answer"] not in option_letters(len(opts)):
+            return (f"answer {r['answer']!r} is not an option letter "
+                    f"{option_letters(len(opts))[0]}..{option_letters(len(opts))[-1]}")
+    if not isinstance(r.get("reasoning", ""), str):
+        return "reasoning must be a string"
+    if not isinstance(r.get("meta", {}), dict):
+        return "meta must be an object"
+    return None
+
+
+def load_records(jsonl_path):
+    """Validated records from a .jsonl file; video paths made absolute (relative ones resolve
+    against the file's folder). A bad line raises ValueError("file.jsonl:LINE: reason")."""
+    jsonl_path = str(jsonl_path)
+    root = os.path.dirname(os.path.abspath(jsonl_path))
+    records, seen = [], {}
+    with open(jsonl_path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{jsonl_path}:{lineno}: invalid JSON ({e.msg} at column "
+                                 f"{e.colno})") from None
+            reason = check_record(r)
+            if reason:
+                raise ValueError(f"{jsonl_path}:{lineno}: {reason}")
+            if r["id"] in seen:
+                raise ValueError(f"{jsonl_path}:{lineno}: duplicate id {r['id']!r} "
+                                 f"(first on line {seen[r['id']]})")
+            seen[r["id"]] = lineno
+            r = dict(r, video=os.path.normpath(os.path.join(root, r["video"])))
+            r.setdefault("reasoning", "")
+            r.setdefault("meta", {})
+            records.append(r)
+    return records
+
+
+def write_records(path, records):
+    """Write records as JSONL (validated first; keys in a fixed order)."""
+    lines = []
+    for i, r in enumerate(records):
+        reason = check_record(r)
+        if reason:
+            raise ValueError(f"{path}: record {i} ({r.get('id') if isinstance(r, dict) else r!r}): "
+                             f"{reason}")
+        out = {k: r[k] for k in REQUIRED_KEYS}
+        out["reasoning"] = r.get("reasoning", "")
+        out["meta"] = r.get("meta", {})
+        lines.append(json.dumps(out, ensure_ascii=False) + "\n")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+
+
+def load_samples(records, num_frames=8, max_pixels=112 * 112, log=print, fps=None,
+                 size_multiple=28):
+    """Each record plus "frames" ((T, H, W, 3) uint8). Records whose video fails to read are
+    logged one line each and skipped; a summary line "skipped K of N records (...)" always ends
+    the call. Only VideoError is caught: anything else is a bug and propagates."""
+    samples, reasons = [], Counter()
+    for r in records:
+        try:
+            frames = read_video(r["video"], num_frames=num_frames, fps=fps,
+                                max_pixels=max_pixels, size_multiple=size_multiple)
+        except VideoError as e:
+            reasons[e.kind] += 1
+            log(f"skip {r['id']}: {e}")
+            continue
+        samples.append(dict(r, frames=frames))
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none bad"
+    log(f"skipped {len(records) - len(samples)} of {len(records)} records ({detail})")
+    return samples
+
+
+# -----------------------------------------------------------------------------
+# adapters
+
+VIDEO_R1_TYPES = {"multiple choice": "multiple_choice", "numerical": "numerical",
+                  "OCR": "ocr", "free-form": "free_form", "regression": "regression"}
+
+
+def _missing_keys_error(where, row, required):
+    missing = [k for k in required if k not in row]
+    return ValueError(f"{where}: missing keys {missing}; present keys {sorted(row)}")
+
+
+def _strip_tag(text, tag):
+    m = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.S)
+    return (m.group(1) if m else text).strip()
+
+
+def convert_video_r1(json_path, video_root):
+    """Video-R1 annotations (one JSON list) -> internal records.
+
+    Expected fields per item: problem, problem_type ("multiple choice", "numerical", "OCR",
+    "free-form", "regression"), solution ("<answer>B</answer>"), path (video path relative to
+    video_root); options (["A. ...", "B. ...", ...], required for multiple choice); optional
+    process ("<think>...</think>", kept as reasoning without the tags), data_type, data_source,
+    problem_id (kept in meta). The "A. " prefixes are stripped from options.
+    """
+    json_path = str(json_path)
+    with open(json_path, encoding="utf-8") as f:
+        try:
+            items = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{json_path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{json_path}: expected a JSON list of items, got {type(items).__name__}")
+    records = []
+    for i, it in enumerate(items):
+        where = f"{json_path}: item {i}"
+        required = ["problem", "problem_type", "solution", "path"]
+        if not isinstance(it, dict) or any(k not in it for k in required):
+            raise _missing_keys_error(where, it if isinstance(it, dict) else {}, required)
+        if it["problem_type"] not in VIDEO_R1_TYPES:
+            raise ValueError(f"{where}: problem_type {it['problem_type']!r} is not one of "
+                             f"{list(VIDEO_R1_TYPES)}")
+        ptype = VIDEO_R1_TYPES[it["problem_type"]]
+        options = []
+        if ptype == "multiple_choice":
+            if "options" not in it:
+                raise _missing_keys_error(where, it, required + ["options"])
+            for j, o in enumerate(it["options"]):
+                m = re.match(r"\s*([A-Z])\s*[.)]\s*(.*)", o, re.S)
+                if m and m.group(1) != option_letters(j + 1)[-1]:
+                    raise ValueError(f"{where}: option {j} {o!r} should start with "
+                                     f"{option_letters(j + 1)[-1]!r}")
+                options.append(m.group(2).strip() if m else o.strip())
+        meta = {k: it[k] for k in ("data_type", "data_source", "problem_id") if k in it}
+        rid = f"video_r1-{it.get('problem_id', i)}"
+        r = {"id": rid, "video": os.path.abspath(os.path.join(str(video_root), it["path"])),
+             "question": it["problem"].strip(), "options": options,
+             "answer": _strip_tag(it["solution"], "answer"), "problem_type": ptype,
+             "reasoning": _strip_tag(it.get("process", ""), "think"), "meta": meta}
+        reason = check_record(r)
+        if reason:
+            raise ValueError(f"{where}: {reason}")
+        records.append(r)
+    _check_unique_ids(json_path, records)
+    return records
+
+
+SEEDBENCH_COMMON = ["sample_id", "question", "video_source", "video_basename"]
+SEEDBENCH_TRAIN = ["answer", "negative_answers"]
+SEEDBENCH_VAL = ["choice_a", "choice_b", "choice_c", "choice_d", "golden_choice_idx"]
+
+
+def convert_seedbench_r1(jsonl_path, video_root, seed=0):
+    """SEED-Bench-R1 annotations (jsonl) -> internal multiple-choice records.
+
+    video_root is the data root holding videos/<video_source>/<video_basename> and
+    images/<video_source>/<current_observation_basename>.
+
+    Expected fields, every row: sample_id, question, video_source, video_basename.
+    Training rows (training_6k.jsonl): answer (the correct option text) and negative_answers
+    (a list of >= 3 wrong texts); three negatives are drawn with random.Random(f"{seed}:{sample_id}")
+    and shuffled with the answer into options A-D.
+    Validation rows (validation_L1/L2/L3.jsonl): choice_a, choice_b, choice_c, choice_d and
+    golden_choice_idx (the letter).
+    Optional, kept in meta: current_observation_basename (as meta["image"], full path),
+    task_progress_metadata, task_goal, task_level, video_id, scenario. Rows whose
+    task_progress_metadata is an empty list have no video clip: their "video" is the current
+    observation image (PyAV reads it as a one-frame video) and meta["no_video"] is True.
+    A row without the required keys raises ValueError("file:line: missing keys [...]; present
+    keys [...]").
+    """
+    jsonl_path = str(jsonl_path)
+    records = []
+    with open(jsonl_path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{jsonl_path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            if "negative_answers" in row:
+                required = SEEDBENCH_COMMON + SEEDBENCH_TRAIN
+            elif any(k in row for k in SEEDBENCH_VAL):
+                required = SEEDBENCH_COMMON + SEEDBENCH_VAL
+            else:  # neither form: name both so the user sees what was expected
+                required = SEEDBENCH_COMMON + SEEDBENCH_TRAIN + SEEDBENCH_VAL
+            if any(k not in row for k in required):
+                raise _missing_keys_error(where, row, required)
+            records.append(_seedbench_record(row, where, str(video_root), seed))
+    _check_unique_ids(jsonl_path, records)
+    return records
+
+
+def _seedbench_record(row, where, root, seed):
+    sid = str(row["sample_id"])
+    if "negative_answers" in row:
+        negs = row["negative_answers"]
+        if not isinstance(negs, list) or len(negs) < 3:
+            raise ValueError(f"{where}: negative_answers must be a list of >= 3 texts, got {negs!r}")
+        rng = random.Random(f"{seed}:{sid}")
+        options = [row["answer"]] + rng.sample(negs, 3)
+        rng.shuffle(options)
+        answer = option_letters(4)[options.index(row["answer"])]
+    else:
+        options = [row[k] for k in ("choice_a", "choice_b", "choice_c", "choice_d")]
+        answer = str(row["golden_choice_idx"]).strip()
+    options = [str(o).strip() for o in options]
+    meta = {"source": "seedbench_r1", "sample_id": row["sample_id"],
+            "video_source": row["video_source"]}
+    for k in ("task_goal", "task_level", "video_id", "scenario", "task_progress_metadata"):
+        if k in row:
+            meta[k] = row[k]
+    video = os.path.join(root, "videos", row["video_source"], row["video_basename"])
+    if row.get("current_observation_basename"):
+        meta["image"] = os.path.join(root, "images", row["video_source"],
+                                     row["current_observation_basename"])
+        if row.get("task_progress_metadata") == []:
+            video, meta["no_video"] = meta["image"], True
+    r = {"id": f"seedbench_r1-{sid}", "video": os.path.abspath(video),
+         "question": str(row["question"]).strip(), "options": options, "answer": answer,
+         "problem_type": "multiple_choice", "reasoning": "", "meta": meta}
+    reason = check_record(r)
+    if reason:
+        raise ValueError(f"{where}: {reason}")
+    return r
+
+
+def _check_unique_ids(path, records):
+    ids = Counter(r["id"] for r in records)
+    dup = [k for k, v in ids.items() if v > 1]
+    if dup:
+        raise ValueError(f"{path}: duplicate ids {dup[:5]}")

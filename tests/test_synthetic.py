@@ -1,0 +1,177 @@
+"""The synthetic benchmark: determinism, and every answer checked against the decoded pixels by a
+checker that only reads the question text and the frames (not the generator's meta)."""
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter, deque
+
+import numpy as np
+import pytest
+
+from data.synthetic.prepare import FAMILIES, generate, make_question
+from dataset import load_records, read_video, write_video
+
+# colour of a pixel = which of R, G, B exceed half scale; (0, 0, 0) is background
+CODES = {(1, 0, 0): "red", (0, 1, 0): "green", (0, 0, 1): "blue", (1, 1, 0): "yellow",
+         (0, 1, 1): "cyan", (1, 0, 1): "magenta", (1, 1, 1): "white"}
+MIN_AREA = 20  # smallest object (10 px triangle) keeps > 30 px after cleaning; a noise block <= 12
+
+
+def colour_mask(frame, colour):
+    """Pixels of one palette colour, cleaned by a 3x3 majority vote. frame (H, W, 3) uint8."""
+    bits = frame > 128
+    want = next(k for k, v in CODES.items() if v == colour)
+    m = np.all(bits == np.array(want, bool), axis=-1)
+    p = np.pad(m, 1).astype(int)
+    votes = sum(p[1 + dy:p.shape[0] - 1 + dy, 1 + dx:p.shape[1] - 1 + dx]
+                for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    return m & (votes >= 5)
+
+
+def components(mask):
+    """4-connected components of a bool mask, as lists of (y, x), by breadth-first search."""
+    seen = np.zeros_like(mask)
+    out = []
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0] = True
+        comp, queue = [], deque([(y0, x0)])
+        while queue:
+            y, x = queue.popleft()
+            comp.append((y, x))
+            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] \
+                        and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    queue.append((ny, nx))
+        out.append(comp)
+    return [c for c in out if len(c) >= MIN_AREA]
+
+
+def largest(frame, colour):
+    comps = components(colour_mask(frame, colour))
+    return max(comps, key=len) if comps else None
+
+
+def solve(question, options, frames):
+    """Answer a question from its decoded frames (T, H, W, 3); returns the option text."""
+    words = question.rstrip("?").split()
+    if question.startswith("Which way"):  # Which way does the <colour> <shape> move?
+        a, b = largest(frames[0], words[4]), largest(frames[-1], words[4])
+        dy, dx = np.mean(b, 0) - np.mean(a, 0)
+        assert max(abs(dy), abs(dx)) >= 10, (dy, dx)
+        return ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+    if question.startswith("What colour"):  # What colour does the <colour> <shape> turn into?
+        assert len(components(colour_mask(frames[0], words[4]))) == 1
+        ys, xs = np.array(largest(frames[0], words[4])).T
+        seen = Counter(CODES.get(tuple(int(v) for v in px > 128), "bg") for px in frames[-1][ys, xs])
+        seen.pop("bg", None)
+        return seen.most_common(1)[0][0]
+    if question.startswith("How many"):  # How many <colour> shapes are there? (static scene)
+        median = np.median(frames, axis=0).astype(np.uint8)
+        return str(len(components(colour_mask(median, words[2]))))
+    if question == "Which colour appears first?":
+        onset = {}
+        for c in options:
+            onset[c] = next((t for t, f in enumerate(frames) if largest(f, c)), None)
+        present = {c: t for c, t in onset.items() if t is not None}
+        best = min(present.values())
+        firsts = [c for c, t in present.items() if t == best]
+        assert len(firsts) == 1, onset
+        return firsts[0]
+    raise AssertionError(f"no checker for {question!r}")
+
+
+def roundtrip(tmp_path, name, frames):
+    path = tmp_path / f"{name}.mp4"
+    write_video(path, frames, qp=14)
+    return read_video(path, num_frames=8)
+
+
+def test_deterministic_per_seed(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate(a, seed=3, n_train=12, n_val=6)
+    generate(b, seed=3, n_train=12, n_val=6)
+    generate(c, seed=4, n_train=12, n_val=6)
+    for split in ("train", "val"):
+        assert (a / f"{split}.jsonl").read_bytes() == (b / f"{split}.jsonl").read_bytes()
+        assert (a / f"{split}.jsonl").read_bytes() != (c / f"{split}.jsonl").read_bytes()
+    ra, rb = load_records(a / "train.jsonl"), load_records(b / "train.jsonl")
+    for x, y in zip(ra + load_records(a / "val.jsonl"), rb + load_records(b / "val.jsonl")):
+        assert np.array_equal(read_video(x["video"]), read_video(y["video"]))
+    assert len(ra) == 12 and ra[0]["video"].startswith(str(a))
+    # train and val draw from different streams
+    assert ra[0]["question"] != load_records(a / "val.jsonl")[0]["question"] or \
+        ra[0]["meta"]["difficulty"] != load_records(a / "val.jsonl")[0]["meta"]["difficulty"]
+
+
+def test_generated_videos_answer_their_questions(tmp_path):
+    """Decode every generated video and re-derive the answer from pixels."""
+    generate(tmp_path, seed=0, n_train=32, n_val=8)
+    records = load_records(tmp_path / "train.jsonl") + load_records(tmp_path / "val.jsonl")
+    for r in records:
+        frames = read_video(r["video"], num_frames=8)
+        assert frames.shape == (8, 112, 112, 3)
+        truth = r["options"]["ABCD".index(r["answer"])]
+        assert solve(r["question"], r["options"], frames) == truth, (r["id"], r["meta"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_answerable_at_every_difficulty(tmp_path, family):
+    i0 = FAMILIES.index(family)
+    for d in (0.0, 0.5, 0.8, 1.0):
+        for rep in range(4):
+            i = i0 + 4 * rep
+            r, frames = make_question(7, "train", i, difficulty=d)
+            assert r["meta"]["family"] == family and r["meta"]["difficulty"] == d
+            video = roundtrip(tmp_path, f"{family}_{d}_{rep}", frames)
+            truth = r["options"]["ABCD".index(r["answer"])]
+            assert solve(r["question"], r["options"], video) == truth, (d, r["meta"])
+
+
+def test_difficulty_changes_the_pixels():
+    """Objects shrink, motion shortens, noise grows and distractors appear as d rises."""
+    def stats(d, i):
+        r, f = make_question(1, "train", i, difficulty=d)
+        bg = f[0][np.all(f[0] < 100, axis=-1)].astype(float)
+        n_colours = len({CODES[tuple(int(v) for v in px > 128)]
+                         for px in f.reshape(-1, 3) if (px > 128).any()})
+        return r, bg.std(), n_colours
+    easy = [stats(0.05, i) for i in range(0, 16, 4)]  # motion questions
+    hard = [stats(0.95, i) for i in range(0, 16, 4)]
+    for (re_, se, ne), (rh, sh, nh) in zip(easy, hard):
+        travel = lambda r: np.abs(np.subtract(r["meta"]["end"], r["meta"]["start"])).max()
+        assert travel(re_) >= 70 and travel(rh) <= 20
+        assert re_["meta"]["size"] >= 26 and rh["meta"]["size"] <= 12
+        assert se < 1 and sh > 10      # background noise std, measured on pixels
+        assert ne == 1 and nh >= 3     # colours on screen: target only vs target + distractors
+
+
+def test_records_are_balanced_and_regular():
+    recs = [make_question(0, "train", i)[0] for i in range(400)]
+    letters = Counter(r["answer"] for r in recs)
+    assert set(letters) == set("ABCD") and min(letters.values()) >= 70, letters
+    assert Counter(r["meta"]["family"] for r in recs) == {f: 100 for f in FAMILIES}
+    ds = np.array([r["meta"]["difficulty"] for r in recs])
+    assert ds.min() < 0.05 and ds.max() > 0.95 and 0.4 < ds.mean() < 0.6
+    for r in recs:
+        truth = r["options"]["ABCD".index(r["answer"])]
+        assert r["meta"]["answer_text"] == truth
+        assert len(r["options"]) == 4 == len(set(r["options"]))
+        assert not re.search(r"\b[A-D]\b", r["reasoning"]), r["reasoning"]  # no letter leak
+        assert r["reasoning"].endswith(f" {truth}.") or r["reasoning"].endswith(f" {truth} appears first.")
+        assert 2 <= r["reasoning"].count(". ") + 1 <= 3
+        assert truth not in r["question"].rstrip("?").split()  # the text alone does not tell
+
+
+def test_cli_writes_files(tmp_path):
+    out = subprocess.run([sys.executable, "data/synthetic/prepare.py", "--out", str(tmp_path),
+                          "--n_train", "4", "--n_val", "2", "--seed", "5"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = (tmp_path / "train.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and len((tmp_path / "val.jsonl").read_text().splitlines()) == 2
+    assert (tmp_path / json.loads(lines[0])["video"]).stat().st_size > 0
