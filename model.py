@@ -11,6 +11,13 @@ Sampling trap: an untrained policy puts mass on <|video_pad|> and friends; a sam
 the next forward fail with "Video features and video tokens do not match". Pass
 `suppress_tokens=vision_token_ids(processor)` to generate (and the same list to completion_logps if
 the log-probs must be those of the suppressed sampling distribution).
+
+Video timing: the 3D rope spaces the temporal groups by tokens_per_second * second_per_grid_ts, and
+second_per_grid_ts = temporal_patch_size / fps is taken from `video_metadata`, not from an `fps`
+kwarg, when the processor does not sample frames itself. Pass
+`video_metadata=[{"total_num_frames": T, "fps": fps_of_the_sampled_frames}, ...]` to the processor call;
+without it transformers assumes 24 fps and, with Qwen2.5-VL's tokens_per_second = 2, all temporal
+groups of a short clip get the same temporal position.
 """
 
 import inspect
@@ -143,7 +150,8 @@ def tiny_qwen25vl(out_dir, texts=(), seed=0, vocab_size=768, **size_overrides):
 
     Defaults: text 4 layers, hidden 128, 4 heads (2 kv, head_dim 32), MLP 256, mrope_section [4, 6, 6];
     vision 1 block, hidden 64, 2 heads, patch 14, temporal patch 2, merge 2, out_hidden 128.
-    About 0.9 M parameters with a 390-token vocabulary, 1.0 M with 768.
+    About 0.91 M parameters (0.22 M of them vision) with the ~380-token vocabulary of an empty corpus,
+    1.0 M with a full 772-token one.
     size_overrides: text config keys (hidden_size=..., num_hidden_layers=...) or vision_<key>.
     """
     model, processor = build_tiny(texts, seed, vocab_size, **size_overrides)
