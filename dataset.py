@@ -161,8 +161,9 @@ def read_video(path, num_frames=8, fps=None, max_pixels=112 * 112, size_multiple
     return np.stack([kept[i] for i in keep])  # (T, H, W, 3)
 
 
-def write_video(path, frames, fps=4, qp=12):
-    """Write (T, H, W, 3) uint8 frames to an mp4 (H.264 yuv420p via libx264, else MPEG-4 Part 2).
+def write_video(path, frames, fps=4, qp=12, codec="libx264"):
+    """Write (T, H, W, 3) uint8 frames to an mp4: H.264 yuv420p via libx264, or MPEG-4 Part 2
+    ("mpeg4") when asked or when this PyAV build has no libx264.
 
     yuv420p needs even H and W. Constant quantiser qp 12 is close to lossless: flat colours come
     back within a few levels; chroma is shared by each 2x2 pixel block, so colour edges smear by a
@@ -178,7 +179,7 @@ def write_video(path, frames, fps=4, qp=12):
         raise ValueError(f"{path}: need T >= 1 and even H, W for yuv420p, got {frames.shape}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with av.open(str(path), "w") as container:
-        stream = _video_stream(container, fps, qp)
+        stream = _video_stream(container, fps, qp, codec)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for f in frames:
             # swscale with several threads gave run-to-run different yuv bytes here: use one
@@ -190,11 +191,15 @@ def write_video(path, frames, fps=4, qp=12):
             container.mux(packet)
 
 
-def _video_stream(container, fps, qp):
+def _video_stream(container, fps, qp, codec):
+    if codec not in ("libx264", "mpeg4"):
+        raise ValueError(f"codec must be 'libx264' or 'mpeg4', got {codec!r}")
     try:
+        if codec != "libx264":
+            raise ValueError(codec)
         stream = container.add_stream("libx264", rate=fps)
         stream.options = {"qp": str(qp), "preset": "veryfast", "threads": "1"}
-    except (av.FFmpegError, ValueError):  # PyAV built without libx264
+    except (av.FFmpegError, ValueError):  # asked for mpeg4, or PyAV built without libx264
         stream = container.add_stream("mpeg4", rate=fps)
         stream.options = {"qscale": str(max(1, qp // 6))}
     stream.thread_count = 1
