@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dataset import format_question
+from difficulty import make_easier_prompt
 from model import completion_logps, vision_token_ids
 
 SYSTEM_PROMPT = (
@@ -34,9 +35,7 @@ SYSTEM_PROMPT = (
 
 def build_messages(record, hint="", system_prompt=SYSTEM_PROMPT):
     """Chat messages for one record: system instruction, then the video and the question (+ hint)."""
-    text = format_question(record)
-    if hint:
-        text = f"{text}\n{hint}"
+    text = make_easier_prompt(format_question(record), hint)
     return [
         {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
         {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]},
@@ -51,9 +50,11 @@ def encode_prompts(processor, records, videos, hints=None, fps=2.0):
     hints = hints or [""] * len(records)
     texts = [processor.apply_chat_template(build_messages(r, h), tokenize=False, add_generation_prompt=True)
              for r, h in zip(records, hints)]
-    processor.tokenizer.padding_side = "left"
-    batch = processor(text=texts, videos=list(videos), return_tensors="pt", padding=True,
-                      videos_kwargs={"do_sample_frames": False, "fps": fps})
+    # fps of the frames we pass: it sets `second_per_grid_ts`, the temporal spacing of the 3D rope.
+    # Without it the processor assumes 24 fps and an 8-frame clip's time steps nearly coincide.
+    metadata = [{"total_num_frames": len(v), "fps": fps} for v in videos]
+    batch = processor(text=texts, videos=list(videos), video_metadata=metadata, return_tensors="pt",
+                      padding=True, padding_side="left", do_sample_frames=False)
     return dict(batch)
 
 

@@ -21,7 +21,8 @@ import torch
 from configurator import configure
 from dataset import load_records, load_samples
 from model import completion_logps, freeze_vision as freeze_vision_tower, load_policy, tiny_qwen25vl
-from rollout import SYSTEM_PROMPT, encode_prompts, format_question, join_prompt_completion, reference_completion, to_device
+from dataset import format_question
+from rollout import SYSTEM_PROMPT, encode_prompts, join_prompt_completion, reference_completion, to_device
 from eval import evaluate, format_table
 
 # -----------------------------------------------------------------------------

@@ -205,9 +205,8 @@ def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
             redo_hints.append("")
         elif plan["action"] == "easier" and augment in ("easier", "both"):
             rows = range(i * G, (i + 1) * G)
-            correct = [think_of(rollout.texts[j]) for j in rows if rollout.accuracy[j] > 0]
-            hint = build_hint(plan["l_guide"], [c for c in correct if c], prompts[i].get("reasoning", ""),
-                              prompts[i]["answer"])
+            correct = [rollout.texts[j] for j in rows if rollout.accuracy[j] > 0]
+            hint = build_hint(plan["l_guide"], correct, prompts[i].get("reasoning", ""), prompts[i]["answer"])
             if not hint:
                 continue
             redo_videos.append(videos[i])
@@ -243,11 +242,6 @@ def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
         generate_rollout(policy, processor, [prompts[0]], [videos[0]], G, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, fps=fps, synced_gpus=synced)
     return rollout, r_cur, za_before, changes, n_generated
-
-
-def think_of(text):
-    start, end = text.find("<think>"), text.find("</think>")
-    return text[start + len("<think>"):end].strip() if 0 <= start < end else ""
 
 
 def policy_update(model, optimizer, rollout, advantages, params, world_size):
@@ -481,7 +475,24 @@ def main():
         print(f"val accuracy: {first:.3f} (start of RL) -> {final:.3f} (after {step} steps); "
               f"zero-advantage ratio {za_start:.2f} (first steps) -> {za_end_after:.2f} (last steps, after augmentation)")
     if dist.is_initialized():
+        check_ranks_in_sync(model)
         dist.destroy_process_group()
+
+
+def check_ranks_in_sync(model):
+    """Every rank must end with the same parameters; a silent divergence would waste a whole run."""
+    if distributed == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    else:
+        state = unwrap(model).state_dict()
+    fingerprint = sum(float(v.double().pow(2).sum() + v.double().sum()) for v in state.values())
+    prints = [None] * dist.get_world_size()
+    dist.all_gather_object(prints, fingerprint)
+    if len(set(prints)) != 1:
+        raise RuntimeError(f"ranks diverged: parameter fingerprints {prints}")
+    if dist.get_rank() == 0:
+        print(f"ranks in sync: parameter fingerprint {fingerprint:.10e} on all {len(prints)} ranks")
 
 
 def all_gather_objects_or_self(obj):
