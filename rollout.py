@@ -227,9 +227,9 @@ def _pad_type_ids(type_ids, rollout, P, T):
 def gathered_for_generation(model):
     """Under FSDP2, gather each layer once for the whole rollout instead of once per decoded token.
 
-    Layers stay unsharded after their first forward; they are resharded when generation ends.
-    Costs the memory of one full copy of the weights for the duration of the rollout. A no-op for
-    unsharded models.
+    Every sharded module is gathered up front and kept gathered (generate also calls the vision
+    tower outside the root's forward, where FSDP2's hooks would not gather it), then resharded when
+    generation ends. Costs one full copy of the weights during the rollout. A no-op when unsharded.
     """
     try:
         from torch.distributed.fsdp import FSDPModule
@@ -238,6 +238,7 @@ def gathered_for_generation(model):
     sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in sharded:
         m.set_reshard_after_forward(False)
+        m.unshard()
     try:
         yield bool(sharded)
     finally:
@@ -307,17 +308,12 @@ def completion_mask_until(completion, end_id):
 
 
 @torch.no_grad()
-def add_logps(rollout, policy, reference=None, temperature=1.0, device="cpu", micro_batch=16):
-    """Fill old log-probs (the sampling policy) and reference log-probs, in micro-batches."""
-    old, ref = [], []
-    for rows in micro_batches(len(rollout.texts), micro_batch):
-        batch = to_device(rollout.select(rows).logp_batch(), device)
-        old.append(completion_logps(policy, batch, temperature=temperature).cpu())
-        if reference is not None:
-            ref.append(completion_logps(reference, batch, temperature=temperature).cpu())
-    rollout.old_logps = torch.cat(old)
-    rollout.ref_logps = torch.cat(ref) if ref else None
-    return rollout
+def reference_logps(rollout, reference, temperature=1.0, device="cpu", micro_batch=16):
+    """(N, T) log-probs of the sampled completions under the frozen reference policy."""
+    parts = [completion_logps(reference, to_device(rollout.select(rows).logp_batch(), device),
+                              temperature=temperature).cpu()
+             for rows in micro_batches(len(rollout.texts), micro_batch)]
+    return torch.cat(parts)
 
 
 def micro_batches(n, size):

@@ -32,7 +32,7 @@ from eval import evaluate
 from model import completion_logps, enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
 from model import load_policy, load_reference
 from reg_grpo import group_advantages, grpo_loss, reg_grpo_loss
-from rollout import add_logps, concat_rollouts, generate_rollout, to_device
+from rollout import concat_rollouts, generate_rollout, reference_logps, to_device
 
 # ----------------------------------------------------------------------------- config
 # I/O
@@ -422,7 +422,7 @@ def main():
             generator_model, processor, prompts, buffer, gen, synced)
         t_gen = time.time() - t_gen
         if beta > 0:
-            add_logps(rollout, None, reference, temperature=temperature, device=device)
+            rollout.ref_logps = reference_logps(rollout, reference, temperature=temperature, device=device)
         advantages = group_advantages(rollout.rewards, group_size, eps=adv_eps)
         stats = policy_update(model, optimizer, rollout, advantages, params, world_size)
         buffer.push(all_gather_floats(r_cur.tolist()))

@@ -1,0 +1,109 @@
+"""End to end on the tiny default: sft.py -> train.py (both losses), resume, torchrun DDP / FSDP2, bad input.
+
+The scripts run as a user runs them (subprocesses), on a small synthetic set made once per session.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run(args, check=True, timeout=600):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Small synthetic data and a briefly warm-started tiny policy."""
+    root = tmp_path_factory.mktemp("tiny")
+    data = root / "data"
+    run(["data/synthetic/prepare.py", f"--out={data}", "--n_train=48", "--n_val=8", "--seed=3"])
+    sft = root / "sft"
+    run(["sft.py", f"--out_dir={sft}", f"--train_data={data}/train.jsonl", f"--val_data={data}/val.jsonl",
+         "--max_steps=60", "--batch_size=8", "--eval_samples=4", "--learning_rate=3e-3"])
+    return {"data": data, "sft": sft, "root": root}
+
+
+def train_args(tiny, out_dir, *extra):
+    d = tiny["data"]
+    return ["train.py", f"--init_from={tiny['sft']}", f"--train_data={d}/train.jsonl",
+            f"--val_data={d}/val.jsonl", f"--out_dir={out_dir}", "--group_size=4", "--prompts_per_step=2",
+            "--max_new_tokens=24", "--eval_samples=4", "--eval_interval=0", "--buffer_window=2",
+            "--learning_rate=1e-3", "--difficulty_margin=0.0", *extra]
+
+
+def log_rows(out_dir):
+    return [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
+
+
+def sft_weights(tiny):
+    from model import load_policy
+    policy, _ = load_policy(str(tiny["sft"]))
+    return policy.state_dict()
+
+
+@pytest.mark.parametrize("loss", ["reg_grpo", "grpo"])
+def test_few_steps_train_each_loss(tiny, tmp_path, loss):
+    out = tmp_path / loss
+    run(train_args(tiny, out, f"--loss={loss}", "--max_steps=3", "--checkpoint_interval=3"))
+    rows = log_rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert math.isfinite(r["loss"]) and math.isfinite(r["kl"])
+        assert 0.0 <= r["reward"] <= 2.0 and 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["format"] <= 1.0
+        assert 0.0 <= r["zero_adv_before"] <= 1.0 and 0.0 <= r["zero_adv_after"] <= 1.0
+    assert rows[-1]["answers_generated"] >= 3 * 2 * 4
+    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    before = sft_weights(tiny)
+    changed = [k for k, v in ckpt["model"].items() if not torch.equal(v, before[k])]
+    assert changed, "no parameter changed in 3 RL steps"
+    assert not any("visual" in k for k in changed), "the frozen vision tower changed"
+    summary = json.load(open(out / "summary.json"))
+    assert 0.0 <= summary["val_accuracy_end"] <= 1.0
+
+
+def test_resume_reproduces_the_next_step(tiny, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(train_args(tiny, straight, "--max_steps=3", "--checkpoint_interval=2"))
+    run(train_args(tiny, resumed, "--max_steps=2", "--checkpoint_interval=2"))
+    run(train_args(tiny, resumed, "--max_steps=3", "--checkpoint_interval=2", "--resume=True"))
+    a, b = log_rows(straight), log_rows(resumed)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for key in ("reward", "accuracy", "loss", "zero_adv_before", "answers_generated", "completion_len"):
+        assert a[2][key] == pytest.approx(b[2][key], rel=1e-5, abs=1e-6), key
+    final_a = torch.load(straight / "ckpt.pt", weights_only=False)["model"]
+    final_b = torch.load(resumed / "ckpt.pt", weights_only=False)["model"]
+    for k in final_a:
+        torch.testing.assert_close(final_a[k], final_b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_torchrun_two_ranks_stay_in_sync(tiny, tmp_path, mode):
+    out = tmp_path / mode
+    proc = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                *train_args(tiny, out, f"--distributed={mode}", "--max_steps=2", "--checkpoint_interval=2")])
+    assert "ranks in sync" in proc.stdout, proc.stdout[-2000:]
+    rows = log_rows(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[-1]["answers_generated"] >= 2 * 2 * 2 * 4          # steps x ranks x prompts x G
+    assert os.path.exists(out / "ckpt.pt")
+
+
+def test_bad_config_key_and_bad_data_path_fail_clearly(tiny, tmp_path):
+    proc = run(["train.py", "--lerning_rate=1e-3"], check=False)
+    assert proc.returncode != 0 and "unknown setting 'lerning_rate'" in proc.stderr
+    proc = run(train_args(tiny, tmp_path / "x", "--train_data=/nonexistent/train.jsonl"), check=False)
+    assert proc.returncode != 0
+    assert "/nonexistent/train.jsonl" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
