@@ -159,6 +159,14 @@ def ensure_embedded_default(rank):
         dist.barrier()
 
 
+def read_records_or_exit(path):
+    """Records of a JSONL file, or a one-line error naming the file (and line) and the problem."""
+    try:
+        return load_records(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot read data: {e}")
+
+
 def draw_prompts(records, rng, n, skipped):
     """n records with decoded videos; a record whose video fails to decode is reported and skipped."""
     picked = []
@@ -360,6 +368,9 @@ def main():
     rng = random.Random(seed + rank)
     gen = torch.Generator().manual_seed(seed + rank)
 
+    records, val_records = read_records_or_exit(train_data), read_records_or_exit(val_data)
+    val = load_samples(val_records[:eval_samples], num_frames=num_frames, max_pixels=max_pixels,
+                       log=print if master else (lambda *a, **k: None))
     torch_dtype = getattr(torch, dtype)
     policy, processor = load_policy(init_from, dtype=torch_dtype, device=device)
     if freeze_vision:
@@ -372,9 +383,6 @@ def main():
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     buffer = RewardBuffer(buffer_window)
 
-    records = load_records(train_data)
-    val = load_samples(load_records(val_data)[:eval_samples], num_frames=num_frames, max_pixels=max_pixels,
-                       log=print if master else (lambda *a, **k: None))
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     step, answers_generated, history, skipped = 0, 0, [], {}
     if resume:
