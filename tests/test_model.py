@@ -138,9 +138,11 @@ def test_video_fps_reaches_rope_through_video_metadata(policy):
     model, processor = policy
     text = [prompt(processor, "Q")] * 2
     vids = videos(2)
-    meta = [{"total_num_frames": 8, "fps": 2.0}, {"total_num_frames": 8, "fps": 4.0}]
+    # fps 2 and 1: whole seconds per temporal patch. transformers 5.17 truncates seconds-per-grid to an
+    # int inside get_rope_index (0.5 s -> 0, all time steps collapse); 5.23 does not.
+    meta = [{"total_num_frames": 8, "fps": 2.0}, {"total_num_frames": 8, "fps": 1.0}]
     batch = processor(text=text, videos=vids, video_metadata=meta, return_tensors="pt", padding=True)
-    assert batch["second_per_grid_ts"].tolist() == [1.0, 0.5]
+    assert batch["second_per_grid_ts"].tolist() == [1.0, 2.0]
     assert batch["video_grid_thw"].tolist() == [[4, 8, 8]] * 2  # still all 8 frames
     types = (batch["input_ids"] == model.config.video_token_id).int() * 2
     pos, _ = model.model.get_rope_index(batch["input_ids"], mm_token_type_ids=types,
@@ -149,8 +151,8 @@ def test_video_fps_reaches_rope_through_video_metadata(policy):
                                         attention_mask=batch["attention_mask"])
     t = pos[0][types.bool()].view(2, 4, 16)[:, :, 0]  # temporal index of each 4x4 group
     start = t[:, :1]
-    # tokens_per_second 2: 2 * 1.0 s per group -> steps of 2; 2 * 0.5 s -> steps of 1
-    assert (t - start).tolist() == [[0, 2, 4, 6], [0, 1, 2, 3]]
+    # tokens_per_second 2: 2 * 1.0 s per group -> steps of 2; 2 * 2.0 s -> steps of 4
+    assert (t - start).tolist() == [[0, 2, 4, 6], [0, 4, 8, 12]]
 
 
 def test_special_ids_agree(policy):
