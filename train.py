@@ -58,6 +58,9 @@ harder_mode = "noise"         # noise | mask
 noise_sigma0 = 0.1            # noise std in [0, 1] pixel units per unit of l_perturb
 buffer_window = 12            # steps in the reward buffer (the paper: 100 samples)
 difficulty_margin = 0.25
+vanishing_fix = "none"        # other remedies, for the ablation: none | dynamic_sampling | group_replay
+resample_rounds = 3           # dynamic_sampling: at most this many extra draws per step
+replay_capacity = 32          # group_replay: informative groups kept for reuse
 # sampling
 max_new_tokens = 48
 temperature = 1.0
@@ -67,6 +70,7 @@ max_pixels = 112 * 112
 fps = 2.0
 # optimisation
 max_steps = 100
+max_answers = 0               # stop once this many answers were generated (0: off); equal budgets
 learning_rate = 2e-5
 min_lr_ratio = 1.0            # 1.0: constant after warmup
 warmup_steps = 5
@@ -252,6 +256,71 @@ def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
     return rollout, r_cur, za_before, changes, n_generated
 
 
+def flat_groups(rollout):
+    """Indices of the groups whose rewards are all equal (zero advantage)."""
+    r = rollout.rewards.view(-1, group_size)
+    return [i for i, row in enumerate(r) if bool((row == row[0]).all())]
+
+
+def group_rows(i):
+    return list(range(i * group_size, (i + 1) * group_size))
+
+
+def any_rank(flag):
+    """True if `flag` is true on any rank (keeps the ranks' generate calls in step under FSDP2)."""
+    if not dist.is_initialized():
+        return bool(flag)
+    t = torch.tensor([int(bool(flag))])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def dynamic_sampling(policy, processor, rollout, records, rng, skipped, synced):
+    """DAPO's remedy: drop zero-advantage groups and draw fresh prompts until the batch is full.
+
+    Every answer generated counts against the budget, the discarded ones too. After
+    `resample_rounds` extra draws the batch is topped up with flat groups (they carry no signal).
+    """
+    keep = [i for i in range(len(rollout.texts) // group_size) if i not in flat_groups(rollout)]
+    parts, spare = [rollout.select(group_rows(i)) for i in keep], [rollout.select(group_rows(i))
+                                                                   for i in flat_groups(rollout)]
+    n_generated = 0
+    for _ in range(resample_rounds):
+        if not any_rank(len(parts) < prompts_per_step):
+            break
+        prompts = draw_prompts(records, rng, prompts_per_step, skipped)
+        extra = generate_rollout(policy, processor, prompts, [p["frames"] for p in prompts], group_size,
+                                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                 fps=fps, synced_gpus=synced)
+        n_generated += len(extra.texts)
+        flat = flat_groups(extra)
+        parts += [extra.select(group_rows(i)) for i in range(prompts_per_step) if i not in flat]
+        spare += [extra.select(group_rows(i)) for i in flat]
+    parts = (parts + spare)[:prompts_per_step]
+    return concat_rollouts(parts), n_generated
+
+
+def group_replay(rollout, store, rng):
+    """Replace zero-advantage groups by informative groups kept from earlier steps.
+
+    Replayed groups are off-policy: their first-pass log-probs under the current policy serve as
+    `old_logps`, so the loss treats them as if sampled now (the usual shortcut of replay methods).
+    The store holds videos too, so it stays out of checkpoints: after a resume it starts empty.
+    """
+    flat = set(flat_groups(rollout))
+    n_groups = len(rollout.texts) // group_size
+    parts = []
+    for i in range(n_groups):
+        group = rollout.select(group_rows(i))
+        if i not in flat:
+            store.append(group)
+        elif store:
+            group = store[rng.randrange(len(store))]
+        parts.append(group)
+    del store[:-replay_capacity]
+    return concat_rollouts(parts)
+
+
 def policy_update(model, optimizer, rollout, advantages, params, world_size):
     """`num_iterations` passes over the rollout, each one optimizer step over all its groups.
 
@@ -384,7 +453,7 @@ def main():
     buffer = RewardBuffer(buffer_window)
 
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
-    step, answers_generated, history, skipped = 0, 0, [], {}
+    step, answers_generated, history, skipped, replay_store = 0, 0, [], {}, []
     if resume:
         if not os.path.exists(ckpt_path):
             raise SystemExit(f"{ckpt_path}: no checkpoint to resume from")
@@ -416,11 +485,11 @@ def main():
             save_checkpoint(ckpt_path, ckpt)
 
     if step == 0 and not history:
-        first_eval = run_eval()
+        run_eval()
     log_path = os.path.join(out_dir, "log.jsonl")
     log_file = open(log_path, "a") if master else None
     bar = tqdm(total=max_steps, initial=step, disable=not master, desc="rl", dynamic_ncols=True)
-    while step < max_steps:
+    while step < max_steps and not (max_answers and answers_generated >= max_answers):
         t0 = time.time()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -428,6 +497,12 @@ def main():
         t_gen = time.time()
         rollout, r_cur, za_before, changes, n_gen = sample_with_augmentation(
             generator_model, processor, prompts, buffer, gen, synced)
+        if vanishing_fix == "dynamic_sampling":
+            rollout, n_extra = dynamic_sampling(generator_model, processor, rollout, records, rng, skipped,
+                                                synced)
+            n_gen += n_extra
+        elif vanishing_fix == "group_replay":
+            rollout = group_replay(rollout, replay_store, rng)
         t_gen = time.time() - t_gen
         if beta > 0:
             rollout.ref_logps = reference_logps(rollout, reference, temperature=temperature, device=device)
@@ -458,11 +533,10 @@ def main():
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row['accuracy']:.2f}",
                             za=f"{row['zero_adv_before']:.2f}->{row['zero_adv_after']:.2f}")
-        if eval_interval and step % eval_interval == 0 and step < max_steps:
+        finished = step >= max_steps or (max_answers and answers_generated >= max_answers)
+        if finished or (eval_interval and step % eval_interval == 0):
             run_eval()
-        if step % checkpoint_interval == 0 or step == max_steps:
-            if step == max_steps:
-                last_eval = run_eval()
+        if finished or step % checkpoint_interval == 0:
             checkpoint()
     bar.close()
     if master:
