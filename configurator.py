@@ -36,7 +36,7 @@ def check_and_set(config, key, value, source):
 def configure(module_globals, argv):
     """Apply presets and --key=value overrides to the settings in `module_globals`; return them."""
     config = {k: v for k, v in module_globals.items()
-              if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None), tuple, list))}
+              if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None), tuple, list, dict))}
     for arg in argv:
         if arg.startswith("--"):
             if "=" not in arg:

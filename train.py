@@ -551,7 +551,8 @@ def main():
                    "answers_generated": answers_generated, "zero_adv_first_steps": za_start,
                    "zero_adv_last_steps_after_augmentation": za_end_after,
                    "seconds_per_step": sum(r["step_time"] for r in rows) / len(rows),
-                   "rollout_tokens_per_s": sum(r["rollout_tokens_per_s"] for r in rows) / len(rows)}
+                   "rollout_tokens_per_s": sum(r["rollout_tokens_per_s"] for r in rows) / len(rows),
+                   "history": history}
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(f"val accuracy: {first:.3f} (start of RL) -> {final:.3f} (after {step} steps); "

@@ -5,34 +5,10 @@ The scripts run as a user runs them (subprocesses), on a small synthetic set mad
 import json
 import math
 import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def run(args, check=True, timeout=600):
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """Small synthetic data and a briefly warm-started tiny policy."""
-    root = tmp_path_factory.mktemp("tiny")
-    data = root / "data"
-    run(["data/synthetic/prepare.py", f"--out={data}", "--n_train=48", "--n_val=8", "--seed=3"])
-    sft = root / "sft"
-    run(["sft.py", f"--out_dir={sft}", f"--train_data={data}/train.jsonl", f"--val_data={data}/val.jsonl",
-         "--max_steps=60", "--batch_size=8", "--eval_samples=4", "--learning_rate=3e-3"])
-    return {"data": data, "sft": sft, "root": root}
+from conftest import run_script as run
 
 
 def train_args(tiny, out_dir, *extra):

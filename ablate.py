@@ -1,0 +1,245 @@
+"""
+The paper's ablation on the built-in benchmark, with two other remedies for vanishing advantages.
+
+    python ablate.py                    # the study: lr selection, then every arm x 3 seeds
+    python ablate.py --smoke=True       # a few steps per arm, to check the plumbing (the test does this)
+
+Every arm starts from the same SFT checkpoint and stops after the same number of generated answers
+(`answers_budget`; augmentation and dynamic sampling generate extra answers, and those count).
+
+    sft               no RL: the starting point
+    grpo              GRPO, clipped surrogate                 reg_grpo          Reg-GRPO
+    reg_grpo+aug      Reg-GRPO + difficulty-aware augmentation, both directions (the paper's method)
+    reg_grpo+noise    ... harder only (frame noise)           reg_grpo+hints    ... easier only (hints)
+    reg_grpo+dynamic  Reg-GRPO + dynamic sampling (DAPO)      reg_grpo+replay   Reg-GRPO + group replay
+
+Learning-rate rule, fixed before the final runs and the same for every arm: for each loss, each rate
+in `lr_grid[loss]` trains once (seed 100, no augmentation) on the same budget; the rate with the
+best mean accuracy over that run's evaluations after the start wins, measured on a *selection* split
+(a synthetic split made with another seed, never the validation set reported below). Arms use their
+loss's winner. Outputs in `out_dir`: results.json (every run), results.md (mean +- std over seeds),
+ablation.png (validation accuracy and zero-advantage ratio against answers generated).
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from configurator import configure
+
+# -----------------------------------------------------------------------------
+out_dir = "out/ablation"
+init_from = "out/tiny-sft"
+train_data = "data/synthetic/train.jsonl"
+val_data = "data/synthetic/val.jsonl"
+select_dir = "data/synthetic_select"      # selection split, made with select_seed
+select_seed = 1
+seeds = (0, 1, 2)
+answers_budget = 3840                     # answers generated per run (60 steps of 8 prompts x 8)
+eval_every = 10                           # steps between validation passes
+eval_samples = 200
+lr_grid = {"reg_grpo": (1e-5, 3e-5, 1e-4), "grpo": (1e-5, 3e-5, 1e-4)}
+arms = ("sft", "grpo", "reg_grpo", "reg_grpo+aug", "reg_grpo+noise", "reg_grpo+hints",
+        "reg_grpo+dynamic", "reg_grpo+replay")
+extra = ""                                # more train.py overrides for every run, space separated
+smoke = False                             # tiny budget: checks the driver, not the method
+# -----------------------------------------------------------------------------
+
+ARM_SETTINGS = {
+    "grpo": {"loss": "grpo", "augment": "none"},
+    "reg_grpo": {"loss": "reg_grpo", "augment": "none"},
+    "reg_grpo+aug": {"loss": "reg_grpo", "augment": "both"},
+    "reg_grpo+noise": {"loss": "reg_grpo", "augment": "harder"},
+    "reg_grpo+hints": {"loss": "reg_grpo", "augment": "easier"},
+    "reg_grpo+dynamic": {"loss": "reg_grpo", "augment": "none", "vanishing_fix": "dynamic_sampling"},
+    "reg_grpo+replay": {"loss": "reg_grpo", "augment": "none", "vanishing_fix": "group_replay"},
+}
+
+
+def train(run_dir, settings, seed, val, budget):
+    """One train.py run; returns its summary (with eval history) and per-step log."""
+    args = [f"--{k}={v}" for k, v in settings.items()]
+    args += [f"--init_from={init_from}", f"--train_data={train_data}", f"--val_data={val}",
+             f"--out_dir={run_dir}", f"--seed={seed}", f"--max_answers={budget}", "--max_steps=1000000",
+             f"--eval_interval={eval_every}", f"--eval_samples={eval_samples}",
+             "--checkpoint_interval=1000000", *extra.split()]
+    if os.path.exists(os.path.join(run_dir, "summary.json")):
+        print(f"  {run_dir}: done already, reusing")
+    else:
+        if os.path.exists(os.path.join(run_dir, "log.jsonl")):
+            os.remove(os.path.join(run_dir, "log.jsonl"))
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{run_dir}: train.py failed\n{proc.stderr[-3000:]}")
+        summary = json.load(open(os.path.join(run_dir, "summary.json")))
+        summary["wall_seconds"] = time.time() - t0
+        json.dump(summary, open(os.path.join(run_dir, "summary.json"), "w"), indent=2)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    log = [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
+    return summary, log
+
+
+def select_learning_rates(budget):
+    """The lr rule: per loss, the grid value with the best mean selection accuracy after the start."""
+    chosen, trials = {}, {}
+    for loss, grid in lr_grid.items():
+        if not any(ARM_SETTINGS.get(a, {}).get("loss") == loss for a in arms):
+            continue
+        scores = {}
+        for lr in grid:
+            summary, _ = train(os.path.join(out_dir, "lr_select", f"{loss}_lr{lr:g}"),
+                               {**ARM_SETTINGS[loss], "learning_rate": lr}, 100,
+                               os.path.join(select_dir, "val.jsonl"), budget)
+            accs = [h["val_accuracy"] for h in summary["history"][1:]]
+            scores[lr] = sum(accs) / len(accs)
+            print(f"  lr selection {loss} lr={lr:g}: mean selection accuracy {scores[lr]:.3f}")
+        chosen[loss] = max(scores, key=scores.get)
+        trials[loss] = {f"{lr:g}": s for lr, s in scores.items()}
+    return chosen, trials
+
+
+def run_record(arm, seed, lr, summary, log):
+    history = summary["history"]
+    accs = [h["val_accuracy"] for h in history]
+    return {"arm": arm, "seed": seed, "learning_rate": lr,
+            "final_accuracy": accs[-1], "best_accuracy": max(accs), "start_accuracy": accs[0],
+            "zero_adv_before": mean([r["zero_adv_before"] for r in log]),
+            "zero_adv_after": mean([r["zero_adv_after"] for r in log]),
+            "zero_adv_first_10_steps": mean([r["zero_adv_before"] for r in log[:10]]),
+            "mean_reward": mean([r["reward"] for r in log]),
+            "answers_generated": summary["answers_generated"], "steps": summary["steps"],
+            "wall_seconds": summary.get("wall_seconds"), "history": history,
+            "curve": [(r["answers_generated"], r["zero_adv_after"], r["zero_adv_before"]) for r in log]}
+
+
+def sft_record(seed):
+    """The starting point: greedy accuracy of the SFT checkpoint (the same for every seed)."""
+    target = os.path.join(out_dir, "sft_eval.json")
+    if not os.path.exists(target):
+        subprocess.run([sys.executable, "eval.py", f"--model={init_from}", f"--data={val_data}",
+                        f"--max_samples={eval_samples}", f"--out_file={target}"], check=True,
+                       capture_output=True)
+    acc = json.load(open(target))["results"]["all"]["accuracy"]
+    return {"arm": "sft", "seed": seed, "learning_rate": None, "final_accuracy": acc, "best_accuracy": acc,
+            "start_accuracy": acc, "zero_adv_before": None, "zero_adv_after": None, "mean_reward": None,
+            "answers_generated": 0, "steps": 0, "wall_seconds": None, "history": [], "curve": []}
+
+
+def mean(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def fmt(values, digits=3):
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def markdown_table(runs, chosen):
+    cols = [("final val acc", "final_accuracy", 3), ("best val acc", "best_accuracy", 3),
+            ("zero-adv (sampled)", "zero_adv_before", 2), ("zero-adv (trained on)", "zero_adv_after", 2),
+            ("mean reward", "mean_reward", 2), ("answers", "answers_generated", 0), ("wall s", "wall_seconds", 0)]
+    lines = ["| arm | lr | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for arm in arms:
+        rs = [r for r in runs if r["arm"] == arm]
+        if not rs:
+            continue
+        cells = []
+        for _, key, digits in cols:
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            cells.append(fmt(vals, digits) if vals else "-")
+        lr = f"{rs[0]['learning_rate']:g}" if rs[0]["learning_rate"] else "-"
+        lines.append(f"| {arm} | {lr} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"{len(seeds)} seeds per arm, mean ± std; learning rates chosen per loss: "
+                 + ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
+    return "\n".join(lines)
+
+
+def plot(runs, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: skipping the plot (pip install matplotlib)")
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for arm in arms:
+        rs = [r for r in runs if r["arm"] == arm and r["history"]]
+        if not rs or arm == "sft":
+            continue
+        n = min(len(r["history"]) for r in rs)
+        xs = [statistics.mean(r["history"][i]["answers_generated"] for r in rs) for i in range(n)]
+        ys = [statistics.mean(r["history"][i]["val_accuracy"] for r in rs) for i in range(n)]
+        ax1.plot(xs, ys, marker="o", ms=3, label=arm)
+        m = min(len(r["curve"]) for r in rs)
+        k = max(1, m // 12)                                   # moving average over k steps
+        xz = [statistics.mean(r["curve"][i][0] for r in rs) for i in range(m)]
+        yz = [statistics.mean(r["curve"][i][1] for r in rs) for i in range(m)]
+        smooth = [statistics.mean(yz[max(0, i - k + 1):i + 1]) for i in range(m)]
+        ax2.plot(xz, smooth, label=arm)
+    sft = [r for r in runs if r["arm"] == "sft"]
+    if sft:
+        ax1.axhline(statistics.mean(r["final_accuracy"] for r in sft), color="gray", ls="--", label="sft")
+    ax1.set(xlabel="answers generated", ylabel="validation accuracy", title="accuracy (mean over seeds)")
+    ax2.set(xlabel="answers generated", ylabel="zero-advantage ratio of the trained batch",
+            title=f"zero-advantage ratio (moving average)")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def ensure_inputs():
+    if not os.path.exists(train_data):
+        subprocess.run([sys.executable, "data/synthetic/prepare.py"], check=True)
+    if not os.path.exists(os.path.join(select_dir, "val.jsonl")):
+        subprocess.run([sys.executable, "data/synthetic/prepare.py", f"--out={select_dir}",
+                        f"--seed={select_seed}", "--n_train=8", "--n_val=200"], check=True)
+    if not os.path.exists(os.path.join(init_from, "config.json")):
+        subprocess.run([sys.executable, "sft.py", f"--out_dir={init_from}"], check=True)
+
+
+def main():
+    global eval_samples, eval_every
+    config = configure(globals(), sys.argv[1:])
+    budget = answers_budget
+    if smoke:
+        budget, eval_samples, eval_every = 1, 8, 1          # one step per run
+    ensure_inputs()
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.time()
+    chosen, trials = select_learning_rates(budget)
+    print(f"learning rates chosen: {chosen}")
+    runs = []
+    for arm in arms:
+        for seed in seeds:
+            run_dir = os.path.join(out_dir, arm.replace("+", "_"), f"seed{seed}")
+            if arm == "sft":
+                record = sft_record(seed)
+            else:
+                settings = dict(ARM_SETTINGS[arm])
+                lr = chosen[settings["loss"]]
+                summary, log = train(run_dir, {**settings, "learning_rate": lr}, seed, val_data, budget)
+                record = run_record(arm, seed, lr, summary, log)
+            runs.append(record)
+            print(f"  {arm:18s} seed {seed}: final {record['final_accuracy']:.3f} "
+                  f"best {record['best_accuracy']:.3f}", flush=True)
+    table = markdown_table(runs, chosen)
+    result = {"config": config, "budget": budget, "lr_selection": trials, "learning_rates": chosen,
+              "runs": runs, "seconds": time.time() - t0}
+    json.dump(result, open(os.path.join(out_dir, "results.json"), "w"), indent=2)
+    open(os.path.join(out_dir, "results.md"), "w").write(table + "\n")
+    png = plot(runs, os.path.join(out_dir, "ablation.png"))
+    print(table)
+    print(f"wrote {out_dir}/results.json, results.md" + (f", {png}" if png else "")
+          + f" in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
