@@ -79,7 +79,9 @@ grad_clip = 1.0
 micro_batch_groups = 4        # groups per forward/backward (gradient accumulation inside a pass)
 # system
 device = "cpu"
-dtype = "float32"             # bfloat16 on GPUs: weights in bf16, loss arithmetic in float32
+dtype = "float32"             # compute dtype: bfloat16 on GPUs (the loss arithmetic stays float32)
+master_dtype = "float32"      # trained weights, gradients, AdamW states; bfloat16 to save memory
+attn_implementation = "sdpa"  # sdpa | flash_attention_2 (when installed) | eager
 distributed = "ddp"           # ddp | fsdp (torchrun only)
 freeze_vision = True          # the paper trains only the language model
 gradient_checkpointing = False
@@ -115,13 +117,29 @@ def wrap_policy(policy, device_str, world_size):
         return DistributedDataParallel(policy, device_ids=[torch.device(device_str).index]
                                        if device_str.startswith("cuda") else None)
     if distributed == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mp = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
-        for layer in decoder_layers(policy):
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(policy, mp_policy=mp)
-        return policy
+        return shard(policy)
     raise SystemExit(f"distributed must be 'ddp' or 'fsdp', got {distributed!r}")
+
+
+def shard(model):
+    """FSDP2: each decoder layer is one all-gather unit, the rest (embeddings, vision, head) the root.
+
+    Parameters stay in `master_dtype` and are gathered in the compute `dtype`; gradients are reduced
+    in float32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
+    for layer in decoder_layers(model):
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def autocast():
+    """Compute in `dtype` while the weights stay in `master_dtype` (FSDP2 does this on its own)."""
+    if dtype == master_dtype or (distributed == "fsdp" and dist.is_initialized()):
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
 
 
 def decoder_layers(policy):
@@ -339,7 +357,8 @@ def policy_update(model, optimizer, rollout, advantages, params, world_size):
             part = rollout.select(rows)
             batch = to_device(part.logp_batch(), device)
             with gradient_sync(model, last, world_size):
-                logps = completion_logps(model, batch, temperature=temperature)          # (n_c, T)
+                with autocast():
+                    logps = completion_logps(model, batch, temperature=temperature)      # (n_c, T)
                 if old[c] is None:
                     old[c] = logps.detach()
                 mask = batch["completion_mask"]
@@ -440,13 +459,18 @@ def main():
     records, val_records = read_records_or_exit(train_data), read_records_or_exit(val_data)
     val = load_samples(val_records[:eval_samples], num_frames=num_frames, max_pixels=max_pixels,
                        log=print if master else (lambda *a, **k: None))
-    torch_dtype = getattr(torch, dtype)
-    policy, processor = load_policy(init_from, dtype=torch_dtype, device=device)
+    policy, processor = load_policy(init_from, dtype=getattr(torch, master_dtype), device=device,
+                                    attn_implementation=attn_implementation)
     if freeze_vision:
         freeze_vision_tower(policy)
     if gradient_checkpointing:
         enable_gradient_checkpointing(policy)
-    reference = load_reference(init_from, dtype=torch_dtype, device=device) if beta > 0 else None
+    reference = None                         # beta = 0: no reference model in memory at all
+    if beta > 0:
+        reference = load_reference(init_from, dtype=getattr(torch, dtype), device=device,
+                                   attn_implementation=attn_implementation)
+        if distributed == "fsdp" and world_size > 1:
+            reference = shard(reference)
     model = wrap_policy(policy, device, world_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
@@ -468,8 +492,9 @@ def main():
     generator_model = model if distributed == "fsdp" else unwrap(model)
 
     def run_eval():
-        results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, fps=fps,
-                           rank=rank, world_size=world_size)
+        with autocast():
+            results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, fps=fps,
+                               rank=rank, world_size=world_size)
         history.append({"step": step, "answers_generated": answers_generated,
                         "val_accuracy": results["all"]["accuracy"], "val_format": results["all"]["format"]})
         if master:
@@ -495,13 +520,14 @@ def main():
             group["lr"] = lr_at(step)
         prompts = draw_prompts(records, rng, prompts_per_step, skipped)
         t_gen = time.time()
-        rollout, r_cur, za_before, changes, n_gen = sample_with_augmentation(
-            generator_model, processor, prompts, buffer, gen, synced)
-        if vanishing_fix == "dynamic_sampling":
-            rollout, n_extra = dynamic_sampling(generator_model, processor, rollout, records, rng, skipped,
-                                                synced)
-            n_gen += n_extra
-        elif vanishing_fix == "group_replay":
+        with autocast():
+            rollout, r_cur, za_before, changes, n_gen = sample_with_augmentation(
+                generator_model, processor, prompts, buffer, gen, synced)
+            if vanishing_fix == "dynamic_sampling":
+                rollout, n_extra = dynamic_sampling(generator_model, processor, rollout, records, rng,
+                                                    skipped, synced)
+                n_gen += n_extra
+        if vanishing_fix == "group_replay":
             rollout = group_replay(rollout, replay_store, rng)
         t_gen = time.time() - t_gen
         if beta > 0:

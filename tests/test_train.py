@@ -83,3 +83,15 @@ def test_bad_config_key_and_bad_data_path_fail_clearly(tiny, tmp_path):
     assert proc.returncode != 0
     assert "/nonexistent/train.jsonl" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_bf16_compute_with_gradient_checkpointing_keeps_float32_master_weights(tiny, tmp_path):
+    out = tmp_path / "bf16"
+    run(train_args(tiny, out, "--dtype=bfloat16", "--gradient_checkpointing=True", "--max_steps=2",
+                   "--checkpoint_interval=2"))
+    rows = log_rows(out)
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
+    before = sft_weights(tiny)
+    assert any(not torch.equal(v, before[k]) for k, v in ckpt["model"].items())
