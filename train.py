@@ -549,7 +549,7 @@ def main():
             "r_ref": buffer.mean(), **stats,
             "completion_len": gen_tokens / len(rollout.texts),
             "step_time": time.time() - t0, "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
-            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+            "peak_mem_gb": peak_memory_gb(),
         }
         if master:
             if changes["hints"]:
@@ -602,6 +602,14 @@ def check_ranks_in_sync(model):
         raise RuntimeError(f"ranks diverged: parameter fingerprints {prints}")
     if dist.get_rank() == 0:
         print(f"ranks in sync: parameter fingerprint {fingerprint:.10e} on all {len(prints)} ranks")
+
+
+def peak_memory_gb():
+    """Peak GPU memory allocated by torch; on CPU the process's peak resident set size."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def all_gather_objects_or_self(obj):
