@@ -5,12 +5,14 @@
 writes <out>/train.jsonl, <out>/val.jsonl and <out>/videos/{train,val}_NNNNNN.mp4.
 
 Four question families, each answerable only from the video (the text names the object, never
-the answer), four options, the correct letter uniform over A-D:
+the answer), four options in a fixed order per family, so the letter is a function of the answer
+text (a tiny model needs no lookup in the prompt to name it); the correct letter is uniform over A-D:
   motion  "Which way does the red square move?"            left / right / up / down
-  colour  "What colour does the red square turn into?"     four colours other than red
+  colour  "What colour does the cyan square turn into?"    red / green / blue / yellow
+                                                            (starting colour cyan, magenta or white)
   count   "How many red shapes are there?"                  1 / 2 / 3 / 4
-  first   "Which colour appears first?"                     two to four colours that appear
-                                                            one after another, plus absent ones
+  first   "Which colour appears first?"                     red / green / blue / yellow; two to
+                                                            four of them appear one after another
 Token geometry of the tiny Qwen2.5-VL: patch 14, temporal patch 2, merge 2, so one video token
 sees a 28x28 region of 2 consecutive frames (4 time steps x 4x4 tokens). At difficulty d = 0
 objects are 28 px (one token cell), motion crosses three cells, changes happen mid-clip, and
@@ -20,9 +22,9 @@ there is no noise and nothing else on screen. As d -> 1, on a per-question d dra
   timing    colour change at frame 4 -> 7; first appearance gap 4 -> 1 frames (same token step)
   objects   0 -> 3 distractors (moving ones for motion; more objects to order for first)
   noise     Gaussian on 4x4 pixel blocks, std 0 up to d = 0.3, then rising to 32 at d = 1
-Every question carries a two-to-three sentence reasoning trace that ends with the answer text
-(never the letter), e.g. "The red square starts on the left. It ends further right. So it moves
-right." Ground truth is in meta (family, difficulty, answer_text and the family's parameters).
+Every question carries a short two-sentence reasoning trace that ends with the answer text (never
+the letter) and copies nothing from the question, e.g. "It starts on the left and ends further
+right. So it moves right." Ground truth is in meta (family, difficulty, answer_text and the family's parameters).
 """
 
 import argparse
@@ -41,6 +43,8 @@ COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
            "yellow": (255, 255, 0), "cyan": (0, 255, 255), "magenta": (255, 0, 255),
            "white": (255, 255, 255)}
 SHAPES = ("square", "circle", "triangle")
+TARGETS = ("red", "green", "blue", "yellow")  # the options of the colour and first families
+SOURCES = ("cyan", "magenta", "white")         # starting colours of the colour family
 DIRECTIONS = ("left", "right", "up", "down")
 FAMILIES = ("motion", "colour", "count", "first")
 CELL = 37  # 3x3 grid for static layouts with more than 4 objects (size <= 28 - 18 * 0.75)
@@ -90,12 +94,10 @@ def add_noise(rng, video, std):
     return np.clip(video, 0, 255).round().astype(np.uint8)  # (T, H, W, 3)
 
 
-def mc(rng, answer, distractors):
-    """Options with the answer at a uniformly drawn position: (options, letter)."""
-    others = [distractors[i] for i in rng.permutation(len(distractors))[:3]]
-    k = int(rng.integers(4))
-    options = others[:k] + [answer] + others[k:]
-    return options, option_letters(4)[k]
+def mc(answer, options):
+    """The family's fixed option list and the answer's letter: (options, letter). The letter is a
+    function of the answer text, so a small model needs no lookup in the prompt to name it."""
+    return list(options), option_letters(4)[options.index(answer)]
 
 
 def blank():
@@ -127,9 +129,8 @@ def motion(rng, k):
     axis = 1 if direction in ("left", "right") else 0
     where = third(start[axis], s, ("on the left", "in the middle", "on the right") if axis
                   else ("at the top", "in the middle", "at the bottom"))
-    options, letter = mc(rng, direction, [d for d in DIRECTIONS if d != direction])
-    reasoning = (f"The {colour} {shape} starts {where}. It ends further {direction}. "
-                 f"So it moves {direction}.")
+    options, letter = mc(direction, DIRECTIONS)
+    reasoning = f"It starts {where} and ends further {direction}. So it moves {direction}."
     meta = {"colour": colour, "shape": shape, "direction": direction,
             "start": list(start), "end": list(end)}
     return video, f"Which way does the {colour} {shape} move?", options, letter, reasoning, meta
@@ -149,7 +150,7 @@ def _move(video, rng, shape, s, direction, dist, colour):
 
 def colour_change(rng, k, d):
     s = k["size"]
-    c0, c1 = other_colours(rng, (), 2)
+    c0, c1 = SOURCES[rng.integers(len(SOURCES))], TARGETS[rng.integers(len(TARGETS))]
     shape = SHAPES[rng.integers(3)]
     change = int(round(4 + 3 * d))  # first frame with the new colour
     n_d = min(k["n_distractors"], 3)
@@ -163,8 +164,8 @@ def colour_change(rng, k, d):
         sh = SHAPES[rng.integers(3)]
         for t in range(T):
             draw(video[t], sh, s, y, x, a if t < t_b else b)
-    options, letter = mc(rng, c1, other_colours(rng, (c0, c1), 5))
-    reasoning = f"The {shape} is {c0} at the start. It is {c1} at the end. So it turns {c1}."
+    options, letter = mc(c1, TARGETS)
+    reasoning = f"It is {c1} at the end. So it turns {c1}."
     meta = {"colour": c0, "shape": shape, "new_colour": c1, "change_frame": change,
             "position": list(pos[0])}
     return video, f"What colour does the {c0} {shape} turn into?", options, letter, reasoning, meta
@@ -183,11 +184,9 @@ def count(rng, k):
         sh = SHAPES[rng.integers(3)]
         for t in range(T):
             draw(video[t], sh, s, y, x, c)
-    options, letter = mc(rng, str(n), [str(m) for m in range(1, 5) if m != n])
-    noun = "shape" if n == 1 else "shapes"
-    rest = ("There are no other shapes." if n_d == 0 else
-            f"{n_d} other {'shape is' if n_d == 1 else 'shapes are'} not {colour}.")
-    reasoning = f"I count {n} {colour} {noun}. {rest} So there {'is' if n == 1 else 'are'} {n}."
+    options, letter = mc(str(n), ("1", "2", "3", "4"))
+    rest = "no others" if n_d == 0 else f"{n_d} of other colours"
+    reasoning = f"I see {n} of that colour and {rest}. So there {'is' if n == 1 else 'are'} {n}."
     meta = {"colour": colour, "count": n, "distractor_colours": d_colours}
     return video, f"How many {colour} shapes are there?", options, letter, reasoning, meta
 
@@ -197,17 +196,15 @@ def first(rng, k, d):
     n = 2 + min(2, int(d * 3))
     t0 = int(round(2 * d))
     gap = min(max(1, int(round(4 - 3 * d))), (T - 1 - t0) // (n - 1))
-    colours = other_colours(rng, (), n)  # in order of appearance
+    colours = [TARGETS[i] for i in rng.permutation(len(TARGETS))[:n]]  # in order of appearance
     shapes = [SHAPES[i] for i in rng.integers(0, 3, n)]
     pos = grid_positions(rng, n, s)
     video = blank()
     for i in range(n):
         for t in range(t0 + i * gap, T):
             draw(video[t], shapes[i], s, *pos[i], colours[i])
-    absent = other_colours(rng, colours, 4 - n)
-    options, letter = mc(rng, colours[0], colours[1:] + absent)
-    reasoning = (f"The {colours[0]} {shapes[0]} appears first. The {colours[1]} {shapes[1]} "
-                 f"appears after it. So {colours[0]} appears first.")
+    options, letter = mc(colours[0], TARGETS)
+    reasoning = f"The {colours[0]} {shapes[0]} appears first. So {colours[0]} appears first."
     meta = {"order": colours, "shapes": shapes, "times": [t0 + i * gap for i in range(n)]}
     return video, "Which colour appears first?", options, letter, reasoning, meta
 
