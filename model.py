@@ -107,7 +107,7 @@ def tiny_config(tokenizer, **size_overrides):
     vision["out_hidden_size"] = text["hidden_size"]
     half = text["hidden_size"] // text["num_attention_heads"] // 2
     hw = (3 * half) // 8  # Qwen's split of the rotary half-dim into (t, h, w): 16/24/24 of 64
-    text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 1e6,
+    text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 20.0,
                                         "mrope_section": [half - 2 * hw, hw, hw]})
     head_dim = 2 * half
     if sum(text["rope_parameters"]["mrope_section"]) != head_dim // 2:

@@ -10,20 +10,30 @@ from collections import Counter, deque
 import numpy as np
 import pytest
 
-from data.synthetic.prepare import FAMILIES, generate, make_question
+from data.synthetic.prepare import BACKGROUND, FAMILIES, generate, make_question
 from dataset import load_records, read_video, write_video
 
-# colour of a pixel = which of R, G, B exceed half scale; (0, 0, 0) is background
 CODES = {(1, 0, 0): "red", (0, 1, 0): "green", (0, 0, 1): "blue", (1, 1, 0): "yellow",
          (0, 1, 1): "cyan", (1, 0, 1): "magenta", (1, 1, 1): "white"}
+# colour of a pixel = the nearest of the palette's colours and the grey background (RGB distance)
+NAMES = ["bg", *CODES.values()]
+PALETTE = np.array([BACKGROUND] + [[255 * b for b in bits] for bits in CODES], float)  # (8, 3)
 MIN_AREA = 20  # smallest object (10 px triangle) keeps > 30 px after cleaning; a noise block <= 12
+
+
+def labels(pixels):
+    """Index into NAMES of the nearest palette entry, for (..., 3) uint8 pixels."""
+    d = ((pixels[..., None, :].astype(float) - PALETTE) ** 2).sum(-1)
+    return d.argmin(-1)
+
+
+def pixel_colour(px):
+    return NAMES[int(labels(px))]
 
 
 def colour_mask(frame, colour):
     """Pixels of one palette colour, cleaned by a 3x3 majority vote. frame (H, W, 3) uint8."""
-    bits = frame > 128
-    want = next(k for k, v in CODES.items() if v == colour)
-    m = np.all(bits == np.array(want, bool), axis=-1)
+    m = labels(frame) == NAMES.index(colour)
     p = np.pad(m, 1).astype(int)
     votes = sum(p[1 + dy:p.shape[0] - 1 + dy, 1 + dx:p.shape[1] - 1 + dx]
                 for dy in (-1, 0, 1) for dx in (-1, 0, 1))
@@ -67,7 +77,7 @@ def solve(question, options, frames):
     if question.startswith("What colour"):  # What colour does the <colour> <shape> turn into?
         assert len(components(colour_mask(frames[0], words[4]))) == 1
         ys, xs = np.array(largest(frames[0], words[4])).T
-        seen = Counter(CODES.get(tuple(int(v) for v in px > 128), "bg") for px in frames[-1][ys, xs])
+        seen = Counter(pixel_colour(px) for px in frames[-1][ys, xs])
         seen.pop("bg", None)
         return seen.most_common(1)[0][0]
     if question.startswith("How many"):  # How many <colour> shapes are there? (static scene)
@@ -136,10 +146,9 @@ def test_difficulty_changes_the_pixels():
     """Objects shrink, motion shortens, noise grows and distractors appear as d rises."""
     def stats(d, i):
         r, f = make_question(1, "train", i, difficulty=d)
-        bg = f[0][np.all(f[0] < 100, axis=-1)].astype(float)
-        n_colours = len({CODES[tuple(int(v) for v in px > 128)]
-                         for px in f.reshape(-1, 3) if (px > 128).any()})
-        return r, bg.std(), n_colours
+        bg = f[0][np.all(np.abs(f[0].astype(float) - BACKGROUND) < 60, axis=-1)].astype(float)
+        n_colours = len({pixel_colour(px) for px in f.reshape(-1, 3)} - {"bg"})
+        return r, bg.std(axis=0).max(), n_colours
     easy = [stats(0.05, i) for i in range(0, 16, 4)]  # motion questions
     hard = [stats(0.95, i) for i in range(0, 16, 4)]
     for (re_, se, ne), (rh, sh, nh) in zip(easy, hard):

@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from dataset import option_letters, write_records, write_video  # noqa: E402
 
 T, H, W, FPS = 8, 112, 112, 4
-BACKGROUND = 20
+BACKGROUND = (123, 117, 104)  # ~ the processor's normalisation mean: empty cells embed to ~0
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
            "yellow": (255, 255, 0), "cyan": (0, 255, 255), "magenta": (255, 0, 255),
            "white": (255, 255, 255)}
