@@ -58,6 +58,7 @@ harder_mode = "noise"         # noise | mask
 noise_sigma0 = 0.1            # noise std in [0, 1] pixel units per unit of l_perturb
 buffer_window = 12            # steps in the reward buffer (the paper: 100 samples)
 difficulty_margin = 0.25
+augment_flat_only = True      # augment only groups whose rewards are all equal (see sample_with_augmentation)
 vanishing_fix = "none"        # other remedies, for the ablation: none | dynamic_sampling | group_replay
 resample_rounds = 3           # dynamic_sampling: at most this many extra draws per step
 replay_capacity = 32          # group_replay: informative groups kept for reuse
@@ -215,6 +216,11 @@ def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
 
     Returns the rollout to train on, the per-prompt group means before augmentation (what goes into
     the reward buffer), the zero-advantage ratio before augmentation, and what was changed.
+
+    With `augment_flat_only` (our default) a group that already has reward variance is kept as
+    sampled: regenerating it can only lose signal (in a first trial on the tiny default the trained
+    batch sometimes had more flat groups after augmentation than before). The paper's rule, every
+    sample beyond the margin, is `--augment_flat_only=False`.
     """
     G = group_size
     videos = [p["frames"] for p in prompts]
@@ -227,8 +233,11 @@ def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
     if augment == "none" or r_ref is None:
         return rollout, r_cur, za_before, changes, len(rollout.texts)
     plans = plan_augmentation(r_cur.tolist(), r_ref, margin=difficulty_margin)
+    flat = set(flat_groups(rollout))
     redo, redo_videos, redo_hints = [], [], []
     for i, plan in enumerate(plans):
+        if augment_flat_only and i not in flat:
+            continue
         if plan["action"] == "harder" and augment in ("harder", "both"):
             redo_videos.append(make_harder(videos[i], plan, mode=harder_mode, sigma0=noise_sigma0,
                                            generator=gen))
