@@ -96,17 +96,3 @@ def test_bf16_compute_with_gradient_checkpointing_keeps_float32_master_weights(t
     before = sft_weights(tiny)
     assert any(not torch.equal(v, before[k]) for k, v in ckpt["model"].items())
 
-
-def test_reg_grpo_raises_the_reward_on_a_few_prompts(tiny, tmp_path):
-    """The whole loop learns: on four prompts seen again and again, Reg-GRPO drives their reward up."""
-    rows = [json.loads(line) for line in open(tiny["data"] / "train.jsonl")][:4]
-    for r in rows:
-        r["video"] = str(tiny["data"] / r["video"])
-    subset = tmp_path / "four.jsonl"
-    subset.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "four"
-    run(train_args(tiny, out, f"--train_data={subset}", "--prompts_per_step=4", "--group_size=8",
-                   "--augment=none", "--learning_rate=2e-3", "--max_steps=16", "--checkpoint_interval=16"))
-    acc = [r["accuracy"] for r in log_rows(out)]
-    first, last = sum(acc[:4]) / 4, sum(acc[-4:]) / 4
-    assert last >= first + 0.15, acc
