@@ -187,7 +187,7 @@ def plot(runs, path):
         ax1.axhline(statistics.mean(r["final_accuracy"] for r in sft), color="gray", ls="--", label="sft")
     ax1.set(xlabel="answers generated", ylabel="validation accuracy", title="accuracy (mean over seeds)")
     ax2.set(xlabel="answers generated", ylabel="zero-advantage ratio of the trained batch",
-            title=f"zero-advantage ratio (moving average)")
+            title="zero-advantage ratio (moving average)")
     ax1.legend(fontsize=8)
     ax2.legend(fontsize=8)
     fig.tight_layout()

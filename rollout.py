@@ -13,11 +13,10 @@ of one prompt contiguous (the layout `reg_grpo.py` expects). Every tensor a loss
 
 Rewards are plain functions of (completion text, record): change them here.
 """
-import math
 import re
 import string
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -70,11 +69,16 @@ def repeat_batch(batch, repeats):
             out[key] = value
         elif key in ("pixel_values_videos", "pixel_values"):
             grid = batch["video_grid_thw" if key == "pixel_values_videos" else "image_grid_thw"]
-            chunks = value.split(grid.prod(-1).tolist())
+            chunks = per_video(value, grid)
             out[key] = torch.cat([c for c in chunks for _ in range(repeats)])
         else:
             out[key] = value.repeat_interleave(repeats, dim=0)
     return out
+
+
+def per_video(pixel_values, grid_thw):
+    """Cut the processor's flat patch list into one chunk per video (or image), by its grid."""
+    return pixel_values.split(grid_thw.prod(-1).tolist())
 
 
 # ----------------------------------------------------------------------------- rewards
@@ -155,8 +159,6 @@ class Rollout:
     texts: list
     accuracy: torch.Tensor
     format: torch.Tensor
-    prompts: list = field(default_factory=list)
-    old_logps: torch.Tensor = None
     ref_logps: torch.Tensor = None
 
     @property
@@ -171,11 +173,10 @@ class Rollout:
     def select(self, rows):
         """The sub-rollout of the given answer rows (a list of indices)."""
         idx = torch.as_tensor(rows, dtype=torch.long)
-        pick = lambda t: None if t is None else t[idx]
         return Rollout(self.input_ids[idx], self.attention_mask[idx], self.completion_mask[idx],
                        select_visual(self.visual, idx), [self.texts[i] for i in rows],
-                       self.accuracy[idx], self.format[idx], [self.prompts[i] for i in rows],
-                       pick(self.old_logps), pick(self.ref_logps))
+                       self.accuracy[idx], self.format[idx],
+                       None if self.ref_logps is None else self.ref_logps[idx])
 
 
 def select_visual(visual, idx):
@@ -183,7 +184,7 @@ def select_visual(visual, idx):
     out = {}
     for key, value in visual.items():
         if key == "pixel_values_videos":
-            chunks = value.split(visual["video_grid_thw"].prod(-1).tolist())
+            chunks = per_video(value, visual["video_grid_thw"])
             out[key] = torch.cat([chunks[i] for i in idx.tolist()])
         else:
             out[key] = value[idx]
@@ -194,33 +195,20 @@ def concat_rollouts(parts):
     """Stack rollouts with possibly different prompt / completion lengths (re-pads both sides)."""
     P = max(r.input_ids.shape[1] - r.completion_mask.shape[1] for r in parts)
     T = max(r.completion_mask.shape[1] for r in parts)
-    ids, att, cmask, old, ref = [], [], [], [], []
+    ids, att, cmask, ref = [], [], [], []
     for r in parts:
         p, t = r.input_ids.shape[1] - r.completion_mask.shape[1], r.completion_mask.shape[1]
         pad_l, pad_r = P - p, T - t
         ids.append(torch.nn.functional.pad(r.input_ids, (pad_l, pad_r), value=0))
         att.append(torch.nn.functional.pad(r.attention_mask, (pad_l, pad_r), value=0))
         cmask.append(torch.nn.functional.pad(r.completion_mask, (0, pad_r), value=0))
-        if r.old_logps is not None:
-            old.append(torch.nn.functional.pad(r.old_logps, (0, pad_r)))
         if r.ref_logps is not None:
             ref.append(torch.nn.functional.pad(r.ref_logps, (0, pad_r)))
-    visual = {}
-    for key in parts[0].visual:
-        values = [r.visual[key] for r in parts]
-        if key == "mm_token_type_ids":
-            values = [_pad_type_ids(v, r, P, T) for v, r in zip(values, parts)]
-        visual[key] = torch.cat(values)
+    visual = {key: torch.cat([r.visual[key] for r in parts]) for key in parts[0].visual}
     return Rollout(torch.cat(ids), torch.cat(att), torch.cat(cmask), visual,
                    [t for r in parts for t in r.texts], torch.cat([r.accuracy for r in parts]),
-                   torch.cat([r.format for r in parts]), [p for r in parts for p in r.prompts],
-                   torch.cat(old) if len(old) == len(parts) else None,
+                   torch.cat([r.format for r in parts]),
                    torch.cat(ref) if len(ref) == len(parts) else None)
-
-
-def _pad_type_ids(type_ids, rollout, P, T):
-    p, t = rollout.input_ids.shape[1] - rollout.completion_mask.shape[1], rollout.completion_mask.shape[1]
-    return torch.nn.functional.pad(type_ids, (P - p, T - t), value=0)
 
 
 @contextmanager
@@ -257,7 +245,7 @@ def generate_rollout(model, processor, records, videos, group_size, hints=None, 
     """
     hints = hints or [""] * len(records)
     prompt = repeat_batch(encode_prompts(processor, records, videos, hints, fps=fps), group_size)
-    prompt = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in prompt.items()}
+    prompt = to_device(prompt, model.device)
     was_training = model.training
     model.eval()
     tok = processor.tokenizer
@@ -280,23 +268,19 @@ def generate_rollout(model, processor, records, videos, group_size, hints=None, 
     accuracy, fmt = score_completions(texts, group_records)
     batch = join_prompt_completion(to_device(prompt, "cpu"), completion, completion_mask)
     return Rollout(batch.pop("input_ids"), batch.pop("attention_mask"), batch.pop("completion_mask"),
-                   visual=batch, texts=texts, accuracy=accuracy, format=fmt,
-                   prompts=[h for h in hints for _ in range(group_size)])
+                   visual=batch, texts=texts, accuracy=accuracy, format=fmt)
 
 
 def join_prompt_completion(prompt, completion, completion_mask):
     """One teacher-forcing batch: left-padded prompt (N, P) then right-padded completion (N, T).
 
-    Returns the dict `model.completion_logps` takes; visual keys ride along, and the modality ids
-    (when the processor gives them) mark completion tokens as text (0) for the 3D rope.
+    Returns the dict `model.completion_logps` takes; visual keys ride along. The processor's
+    prompt-length modality ids are dropped: `completion_logps` rebuilds them from the full input_ids.
     """
-    batch = dict(prompt)
+    batch = {k: v for k, v in prompt.items() if k != "mm_token_type_ids"}
     batch["input_ids"] = torch.cat([prompt["input_ids"], completion], 1)            # (N, P+T)
     batch["attention_mask"] = torch.cat([prompt["attention_mask"], completion_mask], 1)
     batch["completion_mask"] = completion_mask
-    if "mm_token_type_ids" in batch:
-        batch["mm_token_type_ids"] = torch.nn.functional.pad(prompt["mm_token_type_ids"],
-                                                             (0, completion.shape[1]), value=0)
     return batch
 
 

@@ -32,7 +32,7 @@ from eval import evaluate
 from model import completion_logps, enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
 from model import load_policy, load_reference
 from reg_grpo import group_advantages, grpo_loss, reg_grpo_loss
-from rollout import concat_rollouts, generate_rollout, reference_logps, to_device
+from rollout import concat_rollouts, generate_rollout, micro_batches, reference_logps, to_device
 
 # ----------------------------------------------------------------------------- config
 # I/O
@@ -153,11 +153,7 @@ def unwrap(model):
 
 def all_gather_floats(values):
     """Concatenate a list of floats from every rank (same order on all ranks)."""
-    if not dist.is_initialized():
-        return list(values)
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, list(values))
-    return [v for part in out for v in part]
+    return [v for part in all_gather_objects_or_self(list(values)) for v in part]
 
 
 def mean_over_ranks(value):
@@ -211,6 +207,13 @@ def draw_prompts(records, rng, n, skipped):
 
 # ----------------------------------------------------------------------------- one step
 
+def sample_groups(policy, processor, prompts, videos, hints=None, synced=False):
+    """G answers per prompt with the sampling settings above, scored."""
+    return generate_rollout(policy, processor, prompts, videos, group_size, hints=hints,
+                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            fps=fps, synced_gpus=synced)
+
+
 def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
     """Roll out, then regenerate the groups that the difficulty rule marks too easy or too hard.
 
@@ -224,8 +227,7 @@ def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
     """
     G = group_size
     videos = [p["frames"] for p in prompts]
-    rollout = generate_rollout(policy, processor, prompts, videos, G, max_new_tokens=max_new_tokens,
-                               temperature=temperature, top_p=top_p, fps=fps, synced_gpus=synced)
+    rollout = sample_groups(policy, processor, prompts, videos, synced=synced)
     r_cur = group_mean_rewards(rollout.rewards, G)
     za_before = zero_advantage_ratio(rollout.rewards, G)
     r_ref = buffer.mean()
@@ -256,30 +258,17 @@ def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
         redo.append(i)
         changes[plan["action"]] += 1
     n_generated = len(rollout.texts)
-    if dist.is_initialized() and distributed == "fsdp":
-        # every rank must run generate the same number of times under FSDP2
-        any_redo = torch.tensor([len(redo)])
-        dist.all_reduce(any_redo, op=dist.ReduceOp.MAX)
-        if any_redo.item() and not redo:
-            redo, redo_videos, redo_hints = [0], [videos[0]], [""]
-            dummy = True
-        else:
-            dummy = False
-    else:
-        dummy = False
-    if redo and not dummy:
-        new = generate_rollout(policy, processor, [prompts[i] for i in redo], redo_videos, G,
-                               hints=redo_hints, max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, fps=fps, synced_gpus=synced)
+    if synced and any_rank(redo) and not redo:      # any_rank is a collective: every rank calls it
+        # under FSDP2 every rank runs generate as often as the others: a throwaway round
+        sample_groups(policy, processor, prompts[:1], videos[:1], synced=synced)
+    if redo:
+        new = sample_groups(policy, processor, [prompts[i] for i in redo], redo_videos, redo_hints, synced)
         n_generated += len(new.texts)
         parts = []
         for i in range(len(prompts)):
             source, k = (new, redo.index(i)) if i in redo else (rollout, i)
             parts.append(source.select(list(range(k * G, (k + 1) * G))))
         rollout = concat_rollouts(parts)
-    elif dummy:
-        generate_rollout(policy, processor, [prompts[0]], [videos[0]], G, max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=top_p, fps=fps, synced_gpus=synced)
     return rollout, r_cur, za_before, changes, n_generated
 
 
@@ -316,9 +305,7 @@ def dynamic_sampling(policy, processor, rollout, records, rng, skipped, synced):
         if not any_rank(len(parts) < prompts_per_step):
             break
         prompts = draw_prompts(records, rng, prompts_per_step, skipped)
-        extra = generate_rollout(policy, processor, prompts, [p["frames"] for p in prompts], group_size,
-                                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                 fps=fps, synced_gpus=synced)
+        extra = sample_groups(policy, processor, prompts, [p["frames"] for p in prompts], synced=synced)
         n_generated += len(extra.texts)
         flat = flat_groups(extra)
         parts += [extra.select(group_rows(i)) for i in range(prompts_per_step) if i not in flat]
@@ -356,7 +343,7 @@ def policy_update(model, optimizer, rollout, advantages, params, world_size):
     """
     G = group_size
     n = len(rollout.texts)
-    chunks = [list(range(i, min(i + micro_batch_groups * G, n))) for i in range(0, n, micro_batch_groups * G)]
+    chunks = micro_batches(n, micro_batch_groups * G)
     old = [None] * len(chunks)
     stats_sum = {}
     for it in range(num_iterations):
