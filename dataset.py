@@ -252,32 +252,40 @@ def check_record(r):
     return None
 
 
+def jsonl_rows(jsonl_path):
+    """(line number, JSON object) for each non-blank line; a bad line raises "file:LINE: reason"."""
+    with open(jsonl_path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{jsonl_path}:{lineno}: invalid JSON ({e.msg} at column "
+                                 f"{e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{jsonl_path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
 def load_records(jsonl_path):
     """Validated records from a .jsonl file; video paths made absolute (relative ones resolve
     against the file's folder). A bad line raises ValueError("file.jsonl:LINE: reason")."""
     jsonl_path = str(jsonl_path)
     root = os.path.dirname(os.path.abspath(jsonl_path))
     records, seen = [], {}
-    with open(jsonl_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{jsonl_path}:{lineno}: invalid JSON ({e.msg} at column "
-                                 f"{e.colno})") from None
-            reason = check_record(r)
-            if reason:
-                raise ValueError(f"{jsonl_path}:{lineno}: {reason}")
-            if r["id"] in seen:
-                raise ValueError(f"{jsonl_path}:{lineno}: duplicate id {r['id']!r} "
-                                 f"(first on line {seen[r['id']]})")
-            seen[r["id"]] = lineno
-            r = dict(r, video=os.path.normpath(os.path.join(root, r["video"])))
-            r.setdefault("reasoning", "")
-            r.setdefault("meta", {})
-            records.append(r)
+    for lineno, r in jsonl_rows(jsonl_path):
+        reason = check_record(r)
+        if reason:
+            raise ValueError(f"{jsonl_path}:{lineno}: {reason}")
+        if r["id"] in seen:
+            raise ValueError(f"{jsonl_path}:{lineno}: duplicate id {r['id']!r} "
+                             f"(first on line {seen[r['id']]})")
+        seen[r["id"]] = lineno
+        r = dict(r, video=os.path.normpath(os.path.join(root, r["video"])))
+        r.setdefault("reasoning", "")
+        r.setdefault("meta", {})
+        records.append(r)
     return records
 
 
@@ -412,26 +420,17 @@ def convert_seedbench_r1(jsonl_path, video_root, seed=0):
     """
     jsonl_path = str(jsonl_path)
     records = []
-    with open(jsonl_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{jsonl_path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            if "negative_answers" in row:
-                required = SEEDBENCH_COMMON + SEEDBENCH_TRAIN
-            elif any(k in row for k in SEEDBENCH_VAL):
-                required = SEEDBENCH_COMMON + SEEDBENCH_VAL
-            else:  # neither form: name both so the user sees what was expected
-                required = SEEDBENCH_COMMON + SEEDBENCH_TRAIN + SEEDBENCH_VAL
-            if any(k not in row for k in required):
-                raise _missing_keys_error(where, row, required)
-            records.append(_seedbench_record(row, where, str(video_root), seed))
+    for lineno, row in jsonl_rows(jsonl_path):
+        where = f"{jsonl_path}:{lineno}"
+        if "negative_answers" in row:
+            required = SEEDBENCH_COMMON + SEEDBENCH_TRAIN
+        elif any(k in row for k in SEEDBENCH_VAL):
+            required = SEEDBENCH_COMMON + SEEDBENCH_VAL
+        else:  # neither form: name both so the user sees what was expected
+            required = SEEDBENCH_COMMON + SEEDBENCH_TRAIN + SEEDBENCH_VAL
+        if any(k not in row for k in required):
+            raise _missing_keys_error(where, row, required)
+        records.append(_seedbench_record(row, where, str(video_root), seed))
     _check_unique_ids(jsonl_path, records)
     return records
 
