@@ -31,6 +31,7 @@ Decode bytes per step: all LM weights read once (decoder layers + lm_head) + the
   2 * n_layers * kv_heads * head_dim * ctx * bytes per answer; the bandwidth floor of decoding.
 """
 import json as jsonlib
+import contextlib
 import inspect
 import math
 import resource
@@ -40,14 +41,21 @@ import time
 import torch
 
 from configurator import configure
-from model import build_tiny, completion_logps, enable_gradient_checkpointing, freeze_vision, vision_token_ids
+from model import (build_tiny, completion_logps, enable_gradient_checkpointing, freeze_vision, group_vision_windows,
+                   share_repeated_videos, vision_token_ids)
 from reg_grpo import group_advantages, reg_grpo_loss
 from rollout import gathered_for_generation, join_prompt_completion, repeat_batch
 
 # ----------------------------------------------------------------------------- config
 size = "tiny"                 # tiny | 3b | 7b
 device = "cpu"
-dtype = "float32"             # bfloat16 on GPUs
+dtype = "float32"             # compute dtype; bfloat16 on GPUs
+master_dtype = ""             # weights / grads / AdamW: "" = dtype; float32 = train.py's default (autocast)
+reference = False             # also hold a frozen reference copy in `dtype` and score old logps with it
+cache_implementation = ""     # "" = dynamic KV cache; static = static cache (transformers compiles decode)
+phases = "generate,logprob,train"  # which to time; without generate the completions are random tokens
+share_videos = True           # encode each distinct video once per batch (model.share_repeated_videos)
+group_windows = True          # vision attention: one SDPA call per window length (model.group_vision_windows)
 attn_implementation = "sdpa"  # sdpa | flash_attention_2 (when installed) | eager
 batch_size = 2                # prompts
 group_size = 4                # G answers per prompt
@@ -64,6 +72,7 @@ peak_tflops = 0.0             # 0: 989 on cuda (H100 bf16 dense), measured with 
 peak_bandwidth_gbs = 0.0      # 0: 3000 on cuda (H100 copy, measured), measured with a copy on cpu
 seed = 0
 json = ""                     # path: write every number as JSON
+profile = ""                  # path prefix: torch.profiler tables of one call per phase, <prefix>_<phase>.txt
 # memory plan
 plan = False                  # print the memory plan for `size` and exit
 n_gpus = 8
@@ -166,12 +175,14 @@ def causal_pairs(start, stop):
 def lm_forward_flops(config, seq_len, logit_positions, past=0):
     """FLOPs of one sequence's LM forward over seq_len new tokens after `past` cached ones.
 
-    2 * N_lm per token + 4 * n_layers * q_width per (query, key) pair (causal) + 2 * h * V per logit.
+    2 * n_layers * (layer matmul weights) per token + 4 * n_layers * q_width per (query, key) pair
+    (causal) + 2 * h * V per logit.
     """
     text = config.text_config
     q_width = text.num_attention_heads * head_dim(text)
     attn = 4 * text.num_hidden_layers * q_width * causal_pairs(past, past + seq_len)
-    return 2 * lm_layer_matmul_params(text) * seq_len + attn + 2 * text.hidden_size * text.vocab_size * logit_positions
+    matmuls = 2 * text.num_hidden_layers * lm_layer_matmul_params(text) * seq_len
+    return matmuls + attn + 2 * text.hidden_size * text.vocab_size * logit_positions
 
 
 def vision_windows(vision, grid_t, grid_h, grid_w):
@@ -201,20 +212,22 @@ def vision_forward_flops(config, grid_thw):
     return total
 
 
-def phase_flops(config, n, prompt_len_, gen_len_, grid):
+def phase_flops(config, n, prompt_len_, gen_len_, grid, n_videos=None):
     """Model FLOPs of the three phases for n answers of prompt P (incl. video tokens) + T new tokens.
 
-    grid: one video's (t, h, w); every answer carries its own copy of the video (repeat_batch), so
-    the vision tower runs n times. Returns dict of FLOPs (and hardware FLOPs with recompute).
+    grid: one video's (t, h, w). The vision tower runs once per distinct video (n_videos, the
+    prompts, under share_repeated_videos), or n times when every answer's copy is encoded (None).
+    Returns dict of FLOPs (and hardware FLOPs with recompute).
     """
     P, T = prompt_len_, gen_len_
-    vis = n * vision_forward_flops(config, [grid])
+    vis = (n if n_videos is None else n_videos) * vision_forward_flops(config, [grid])
     prefill = n * lm_forward_flops(config, P, 1) + vis
     decode = n * sum(lm_forward_flops(config, 1, 1, past=P + k - 1) for k in range(1, T))
     lm_full = n * lm_forward_flops(config, P + T, T + 1)  # completion_logps: logits_to_keep = T + 1
     text = config.text_config
     head = n * 2 * text.hidden_size * text.vocab_size * (T + 1)
     return {"prefill": prefill, "decode": decode, "generate": prefill + decode, "logprob": lm_full + vis,
+            "vision": vis,
             "train": 3 * lm_full + vis, "train_hardware_with_recompute": 4 * lm_full - head + vis}
 
 
@@ -320,7 +333,7 @@ def build_model(name, device_, torch_dtype, attn):
         model, processor = build_tiny(seed=seed)
         model.config._attn_implementation = attn  # sdpa is the default already; eager/flash when asked
         model = model.to(device=device_, dtype=torch_dtype)
-        return model, model.config, vision_token_ids(processor)
+        return share(model), model.config, vision_token_ids(processor)
     config = qwen25vl_config(name)
     with torch.device(device_):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch_dtype, attn_implementation=attn)
@@ -328,7 +341,12 @@ def build_model(name, device_, torch_dtype, attn):
                                                pad_token_id=QWEN_IDS["bos"], bos_token_id=QWEN_IDS["bos"],
                                                do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
     suppress = [QWEN_IDS[k] for k in ("vision_start", "vision_end", "vision_pad", "image", "video")]
-    return model, model.config, suppress
+    return share(model), model.config, suppress
+
+
+def share(model):
+    model = group_vision_windows(model) if group_windows else model
+    return share_repeated_videos(model) if share_videos else model
 
 
 def random_prompts(model, config, n_prompts, grid, text_len, torch_dtype, banned, gen):
@@ -391,6 +409,20 @@ def peak_memory_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
+def profiled(name, fn):
+    """Run fn once under torch.profiler; write its top ops by device (else CPU) time to a text file."""
+    if not profile:
+        return
+    from torch.profiler import ProfilerActivity
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        sync()
+    key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    with open(f"{profile}_{name}.txt", "w") as f:
+        f.write(prof.key_averages().table(sort_by=key, row_limit=40))
+
+
 def timed(fn):
     """(seconds per call, last result): `warmup` untimed calls, then the mean of `repeats` timed ones."""
     for _ in range(warmup):
@@ -409,13 +441,19 @@ def run_bench():
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     torch_dtype = getattr(torch, dtype)
+    weights_dtype = getattr(torch, master_dtype or dtype)
     if device.startswith("cuda"):
         peak_f, peak_bw = peak_tflops or 989.0, peak_bandwidth_gbs or 3000.0
     else:
         measured = measure_cpu_peaks(torch_dtype)
         peak_f, peak_bw = peak_tflops or measured[0], peak_bandwidth_gbs or measured[1]
-    model, config, suppress = build_model(size, device, torch_dtype, attn_implementation)
+    model, config, suppress = build_model(size, device, weights_dtype, attn_implementation)
     freeze_vision(model)
+    ref_model = None
+    if reference:
+        ref_model = build_model(size, device, torch_dtype, attn_implementation)[0].eval().requires_grad_(False)
+    amp = (torch.autocast(device_type=torch.device(device).type, dtype=torch_dtype)
+           if weights_dtype != torch_dtype else contextlib.nullcontext())
     checkpointing = gradient_checkpointing if gradient_checkpointing is not None else size != "tiny"
     grid = video_grid(config.vision_config, num_frames, frame_size)
     banned = sorted(set(suppress) | {config.text_config.bos_token_id, config.text_config.eos_token_id})
@@ -426,25 +464,39 @@ def run_bench():
 
     def generate(new_tokens):
         model.eval()
-        with torch.no_grad(), gathered_for_generation(model):
+        extra = {"cache_implementation": cache_implementation} if cache_implementation else {}
+        with torch.no_grad(), amp, gathered_for_generation(model):
             return model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                  suppress_tokens=suppress, do_sample=True)
+                                  suppress_tokens=suppress, do_sample=True, **extra)
 
+    wanted = set(phases.split(","))
+    if wanted - {"generate", "logprob", "train"}:
+        raise SystemExit(f"phases: expected a comma list of generate, logprob, train; got {phases!r}")
     rows = {}
-    reset_peak()
-    t_prefill, _ = timed(lambda: generate(1))
-    t_gen, sequences = timed(lambda: generate(gen_len))
-    rows["generate"] = (t_gen, N * gen_len, peak_memory_gb())
-    rows["prefill"] = (t_prefill, N * P, None)
-    rows["decode"] = (max(t_gen - t_prefill, 1e-9), N * (gen_len - 1), None)
-
-    completion = sequences[:, P:]                               # (N, T)
+    if "generate" in wanted:
+        reset_peak()
+        t_prefill, _ = timed(lambda: generate(1))
+        t_gen, sequences = timed(lambda: generate(gen_len))
+        profiled("generate", lambda: generate(gen_len))
+        rows["generate"] = (t_gen, N * gen_len, peak_memory_gb())
+        rows["prefill"] = (t_prefill, N * P, None)
+        rows["decode"] = (max(t_gen - t_prefill, 1e-9), N * (gen_len - 1), None)
+        completion = sequences[:, P:]                           # (N, T)
+    else:
+        completion = torch.randint(len(banned) + 1, config.text_config.vocab_size // 2, (N, gen_len),
+                                   generator=gen).to(device)   # low ids: clear of Qwen's special tokens
+    with torch.no_grad(), amp:  # the vision tower alone: its share of prefill / logprob / train
+        t_vis, _ = timed(lambda: model.model.visual(batch["pixel_values_videos"], grid_thw=batch["video_grid_thw"]))
+    rows["vision"] = (t_vis, (batch_size if share_videos else N) * grid[0] * grid[1] * grid[2], None)
     mask = torch.ones_like(completion)
     lp_batch = join_prompt_completion(batch, completion, mask)  # input_ids (N, P+T)
     reset_peak()
-    with torch.no_grad():
+    with torch.no_grad(), amp:
         t_lp, old = timed(lambda: completion_logps(model, lp_batch))
-    rows["logprob"] = (t_lp, N * (P + gen_len), peak_memory_gb())
+    if "logprob" in wanted:
+        rows["logprob"] = (t_lp, N * (P + gen_len), peak_memory_gb())
+    if "train" not in wanted:
+        return results_of(rows, config, N, P, grid, checkpointing, peak_f, peak_bw)
 
     if checkpointing:
         enable_gradient_checkpointing(model)
@@ -453,10 +505,15 @@ def run_bench():
     optimizer = torch.optim.AdamW(params, lr=learning_rate)
     rewards = torch.randint(0, 3, (N,), generator=gen).float().to(device)
     adv = group_advantages(rewards, group_size)
-    ref = old + 0.01 * torch.randn(old.shape, generator=gen).to(device)
+    if ref_model is not None:
+        with torch.no_grad():
+            ref = completion_logps(ref_model, lp_batch)
+    else:
+        ref = old + 0.01 * torch.randn(old.shape, generator=gen).to(device)
 
     def train_step():
-        logps = completion_logps(model, lp_batch)
+        with amp:
+            logps = completion_logps(model, lp_batch)
         loss, _ = reg_grpo_loss(logps, old, adv, mask, group_size, ref_logps=ref, beta=beta)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -466,15 +523,23 @@ def run_bench():
 
     reset_peak()
     t_train, _ = timed(train_step)
+    profiled("train", train_step)
     rows["train"] = (t_train, N * (P + gen_len), peak_memory_gb())
+    return results_of(rows, config, N, P, grid, checkpointing, peak_f, peak_bw)
 
-    flops = phase_flops(config, N, P, gen_len, grid)
-    bytes_per = torch.finfo(torch_dtype).bits // 8
+
+def results_of(rows, config, N, P, grid, checkpointing, peak_f, peak_bw):
+    """Every measured phase as time, tokens/s, TFLOP/s, MFU (and decode bandwidth, train HFU)."""
+    torch_dtype = getattr(torch, dtype)
+    flops = phase_flops(config, N, P, gen_len, grid, n_videos=batch_size if share_videos else None)
+    bytes_per = torch.finfo(torch_dtype).bits // 8  # decode reads the weights in the compute dtype
     dbytes = decode_bytes(config, N, P, gen_len, bytes_per)
     results = {"config": {k: globals()[k] for k in CONFIG_KEYS}, "params": param_counts(config),
                "peak_tflops": peak_f, "peak_bandwidth_gbs": peak_bw, "prompt_len_total": P, "answers": N,
                "gradient_checkpointing": checkpointing, "phases": {}}
-    for name in ("generate", "prefill", "decode", "logprob", "train"):
+    if device.startswith("cuda"):
+        results["cuda_alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+    for name in [k for k in ("generate", "prefill", "decode", "vision", "logprob", "train") if k in rows]:
         t, tokens, mem = rows[name]
         r = {"time_s": t, "tokens": tokens, "tokens_per_s": tokens / t, "flops": flops[name],
              "tflops": flops[name] / t / 1e12, "mfu": flops[name] / t / 1e12 / peak_f, "peak_mem_gb": mem}
@@ -489,7 +554,9 @@ def run_bench():
 
 
 def format_table(results):
-    lines = [f"{size} on {device} ({dtype}, {attn_implementation}): {results['answers']} answers x "
+    extras = "".join([f", master {master_dtype}" if master_dtype else "", ", + reference" if reference else "",
+                      f", {cache_implementation} cache" if cache_implementation else ""])
+    lines = [f"{size} on {device} ({dtype}, {attn_implementation}{extras}): {results['answers']} answers x "
              f"(prompt {results['prompt_len_total']} + {gen_len} new tokens), "
              f"{results['params']['total'] / 1e6:.2f} M params; peak {results['peak_tflops']:.3g} TFLOP/s, "
              f"{results['peak_bandwidth_gbs']:.4g} GB/s",

@@ -185,7 +185,7 @@ def load_policy(name_or_path, dtype=torch.float32, device="cpu", attn_implementa
         processor = AutoProcessor.from_pretrained(name)
     except OSError as e:
         raise OSError(f"{name}: could not load as a local directory or a hub id: {e}") from e
-    return model.to(device), processor
+    return group_vision_windows(share_repeated_videos(model.to(device))), processor
 
 
 def load_reference(name_or_path, dtype=torch.float32, device="cpu", attn_implementation="sdpa"):
@@ -203,6 +203,95 @@ def _visual(model):
     return visual
 
 
+def share_repeated_videos(model):
+    """Run the vision tower once per distinct video of a batch instead of once per answer.
+
+    A GRPO batch holds G copies of every prompt, contiguous (rollout.repeat_batch), so the tower
+    would encode each video G times; on Qwen2.5-VL-3B at 16 frames that was most of the log-prob
+    forward. Runs of consecutive identical videos (same grid, equal pixels) are encoded once and
+    their features repeated, which is the same tensor the tower returns (gradients, if the tower
+    trains, sum over the copies as they would). Installed by load_policy; idempotent.
+    """
+    visual = _visual(model)
+    if getattr(visual, "shares_repeated_videos", False):
+        return model
+    encode = visual.forward
+
+    def forward(hidden_states, grid_thw=None, **kwargs):
+        patches = grid_thw.prod(-1).tolist()
+        chunks = torch.split(hidden_states, patches)
+        first, owner = [0], [0]          # indices of distinct videos; which distinct one each video is
+        for i in range(1, len(chunks)):
+            j = first[-1]
+            if not (patches[i] == patches[j] and torch.equal(grid_thw[i], grid_thw[j])
+                    and torch.equal(chunks[i], chunks[j])):
+                first.append(i)
+            owner.append(len(first) - 1)
+        if len(first) == len(chunks):
+            return encode(hidden_states, grid_thw=grid_thw, **kwargs)
+        out = encode(torch.cat([chunks[i] for i in first]), grid_thw=grid_thw[first], **kwargs)
+        merged = [patches[i] // visual.spatial_merge_size ** 2 for i in first]
+        if torch.is_tensor(out):
+            return _repeat_rows(out, merged, owner)
+        for key, sizes in (("pooler_output", merged), ("last_hidden_state", [patches[i] for i in first])):
+            if getattr(out, key, None) is not None:
+                setattr(out, key, _repeat_rows(getattr(out, key), sizes, owner))
+        return out
+
+    visual.forward = forward
+    visual.shares_repeated_videos = True
+    return model
+
+
+def group_vision_windows(model):
+    """Vision attention as one SDPA call per distinct window length, not one per window.
+
+    Without flash-attention, transformers runs Qwen2.5-VL's windowed vision attention as a Python loop
+    over windows: 16 frames of 252 px are 72 windows x 28 layers = 2016 small kernels per video, which
+    left an H100 idle (vision tower at 3% MFU). Windows of equal length (most are full 8x8-patch
+    windows) are stacked into one batch instead; the arithmetic is the same. A no-op under flash
+    attention, whose varlen kernel already takes every window at once. Installed by load_policy.
+    """
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+    if "flash" in str(model.config._attn_implementation):
+        return model
+    for attn in _visual(model).modules():
+        if isinstance(attn, qwen.Qwen2_5_VLVisionAttention) and not getattr(attn, "groups_windows", False):
+            attn.forward = _grouped_window_attention(attn, qwen.apply_rotary_pos_emb_vision)
+            attn.groups_windows = True
+    return model
+
+
+def _grouped_window_attention(attn, rotary):
+    def forward(hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+        n = hidden_states.shape[0]
+        q, k, v = attn.qkv(hidden_states).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k = rotary(q, k, *position_embeddings)                           # (n, heads, head_dim)
+        starts, lengths = cu_seqlens[:-1].tolist(), (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+        groups = {}
+        for start, length in zip(starts, lengths):
+            if length:
+                groups.setdefault(length, []).append(start)
+        order, outputs = [], []
+        for length, group_starts in groups.items():
+            rows = (torch.tensor(group_starts, device=q.device)[:, None]
+                    + torch.arange(length, device=q.device)).reshape(-1)  # this group's rows, window-major
+            q_, k_, v_ = (x[rows].view(len(group_starts), length, attn.num_heads, -1).transpose(1, 2)
+                          for x in (q, k, v))
+            out = torch.nn.functional.scaled_dot_product_attention(q_, k_, v_, scale=attn.scaling)
+            outputs.append(out.transpose(1, 2).reshape(len(rows), -1))
+            order.append(rows)
+        out = torch.cat(outputs)[torch.argsort(torch.cat(order))]           # back to the input order
+        return attn.proj(out)
+    return forward
+
+
+def _repeat_rows(x, sizes, owner):
+    """Rows of x split into `sizes` blocks, then block owner[k] for every k: the per-video expansion."""
+    blocks = torch.split(x, sizes)
+    return torch.cat([blocks[k] for k in owner])
+
+
 def freeze_vision(model):
     """Freeze the vision tower (patch embed, blocks, merger); only the language model and lm_head train."""
     _visual(model).requires_grad_(False)
@@ -210,12 +299,20 @@ def freeze_vision(model):
 
 
 def enable_gradient_checkpointing(model):
-    """Recompute decoder activations in backward; non-reentrant, so a frozen vision tower is fine."""
+    """Recompute decoder activations in backward; non-reentrant, so a frozen vision tower is fine.
+
+    transformers also hooks every input embedding (the vision patch embed included) to output
+    requires_grad=True, which is for adapters on a frozen model. Here the embeddings train, and the
+    hook made the frozen vision tower run twice and backpropagate (3B, 16 frames: a third of the
+    update step on an H100), so it is removed.
+    """
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # newer name; the old one warns there
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(model, "disable_input_require_grads"):
+        model.disable_input_require_grads()
     model.config.use_cache = False
     return model
 

@@ -60,10 +60,10 @@ def test_published_sizes_on_meta_device(size, published):
 
 def test_lm_flops_hand_values():
     cfg = small_config()
-    # 3 tokens: 2*640*3 matmuls + 4 * 2 layers * 8 * (1+2+3) causal pairs + one logit 2*8*10
-    assert bench.lm_forward_flops(cfg, 3, 1) == 3840 + 384 + 160
+    # 3 tokens: 2 layers * 2*640*3 matmuls + 4 * 2 layers * 8 * (1+2+3) causal pairs + one logit 2*8*10
+    assert bench.lm_forward_flops(cfg, 3, 1) == 7680 + 384 + 160
     # one token after 2 cached: sees 3 keys
-    assert bench.lm_forward_flops(cfg, 1, 1, past=2) == 1280 + 4 * 2 * 8 * 3 + 160
+    assert bench.lm_forward_flops(cfg, 1, 1, past=2) == 2560 + 4 * 2 * 8 * 3 + 160
     # prefill of P then decode steps = one forward over P+T (logits aside): the attention pairs add up
     assert (bench.lm_forward_flops(cfg, 5, 0) + sum(bench.lm_forward_flops(cfg, 1, 0, past=p) for p in range(5, 9))
             == bench.lm_forward_flops(cfg, 9, 0))
@@ -143,9 +143,37 @@ def test_tiny_bench_prints_table(tmp_path):
     for col in ("time s", "tokens/s", "TFLOP/s", "MFU", "BW GB/s", "BW use", "peak mem GB"):
         assert col in header
     phases = [l.split("|")[1].strip() for l in lines if l.startswith("| ") and not l.startswith("| phase")]
-    assert phases == ["generate", "prefill", "decode", "logprob", "train"]
+    assert phases == ["generate", "prefill", "decode", "vision", "logprob", "train"]
     data = json.loads(out.read_text())
     assert data["answers"] == 2 and data["gradient_checkpointing"] is True
     assert data["phases"]["decode"]["bytes"] > 0 and data["phases"]["train"]["flops"] > 0
     assert data["phases"]["train"]["hfu"] > data["phases"]["train"]["mfu"]
     assert data["prompt_len_total"] == 8 + 2 + 2 * 2 * 2  # text + start/end + (2 x 4 x 4) / 4 video tokens
+
+
+@pytest.mark.parametrize("seq_len", [5, 9])
+def test_lm_flops_match_torch_flop_counter(seq_len):
+    """Independent check: torch's FlopCounterMode over a real forward. Eager attention computes all
+    S^2 (query, key) pairs, where lm_forward_flops counts the causal half, so that term is swapped."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = small_config()
+    model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation="eager")
+    ids = torch.tensor([[2, 3, 4, 9] * 3])[:, :seq_len]  # clear of the special ids 5-8
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, logits_to_keep=1)
+    text = cfg.text_config
+    attention = 4 * text.num_hidden_layers * text.num_attention_heads * bench.head_dim(text)
+    causal, full = bench.causal_pairs(0, seq_len), seq_len * seq_len
+    ours = bench.lm_forward_flops(cfg, seq_len, 1)
+    assert counter.get_total_flops() == ours - attention * causal + attention * full
+
+
+def test_vision_flops_match_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = small_config()
+    model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation="eager")
+    grids = [(2, 6, 4), (2, 10, 6)]
+    pixels = torch.randn(sum(t * h * w for t, h, w in grids), 3 * 2 * 2 * 2)
+    with FlopCounterMode(display=False) as counter:
+        model.model.visual(pixels, grid_thw=torch.tensor(grids))
+    assert counter.get_total_flops() == bench.vision_forward_flops(cfg, grids)

@@ -311,3 +311,85 @@ def test_bad_path_names_the_path(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="empty.*config.json"):
         M.load_policy(empty)
+
+
+def test_checkpointing_keeps_frozen_vision_out_of_backward(tiny_dir):
+    """transformers' input-grad hook would make the frozen tower's output require grad (so it is
+    recomputed and backpropagated); enable_gradient_checkpointing removes it."""
+    model, processor = M.load_policy(tiny_dir)
+    M.freeze_vision(model)
+    M.enable_gradient_checkpointing(model)
+    model.train()
+    seen = []
+    model.model.visual.patch_embed.register_forward_hook(lambda mod, inp, out: seen.append(out.requires_grad))
+    batch = with_completions(prompt_batch(processor, QUESTIONS, videos(2)),
+                             [text_ids(processor, "A"), text_ids(processor, "B")], processor.tokenizer.pad_token_id)
+    M.completion_logps(model, batch).sum().backward()
+    assert seen == [False]
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_repeated_videos_are_encoded_once_with_the_same_logps(tiny_dir):
+    from transformers import AutoModelForImageTextToText
+    from rollout import repeat_batch
+    shared, processor = M.load_policy(tiny_dir)
+    plain = AutoModelForImageTextToText.from_pretrained(tiny_dir)  # transformers as shipped
+    assert not getattr(plain.model.visual, "shares_repeated_videos", False)
+    prompts = prompt_batch(processor, QUESTIONS, videos(2, seed=4))
+    batch = repeat_batch(dict(prompts), 3)  # 6 rows, each video 3 times in a row
+    completions = [text_ids(processor, s) for s in ("A", "<answer>B</answer>", "C", "D", "xy", "A")]
+    batch = with_completions(batch, completions, processor.tokenizer.pad_token_id)
+    encoded = {}
+    for name, model in (("shared", shared), ("plain", plain)):
+        rows = []
+        model.model.visual.patch_embed.register_forward_hook(lambda mod, inp, out: rows.append(out.shape[0]))
+        logps = M.completion_logps(model.train(), batch)
+        logps.sum().backward()
+        encoded[name] = (rows[0], logps.detach(), model.model.visual.merger.mlp[0].weight.grad.clone())
+    per_video = prompts["pixel_values_videos"].shape[0] // 2
+    assert encoded["shared"][0] == 2 * per_video and encoded["plain"][0] == 6 * per_video
+    torch.testing.assert_close(encoded["shared"][1], encoded["plain"][1], rtol=0, atol=1e-6)
+    # a trainable tower gets the gradient summed over the copies, as if each copy were encoded
+    g_shared, g_plain = encoded["shared"][2], encoded["plain"][2]
+    assert g_plain.norm() > 0 and (g_shared - g_plain).norm() / g_plain.norm() < 1e-5
+
+
+def windowed_config():
+    """A Qwen2.5-VL whose vision tower has a window layer and a full layer (the tiny one has no windows)."""
+    from transformers import Qwen2_5_VLConfig
+    text = dict(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=1,
+                num_key_value_heads=1, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                                        "mrope_section": [2, 1, 1]})
+    vision = dict(depth=2, hidden_size=8, intermediate_size=12, num_heads=2, patch_size=2, temporal_patch_size=2,
+                  spatial_merge_size=2, window_size=8, fullatt_block_indexes=[1], out_hidden_size=8)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=5, video_token_id=6,
+                            vision_start_token_id=7, vision_end_token_id=8)
+
+
+def test_grouped_window_attention_matches_transformers_float64():
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(windowed_config(), attn_implementation="sdpa").double()
+    grids = torch.tensor([[2, 6, 4], [2, 10, 6], [4, 2, 2]])  # windows of 16, 8, 4 patches and whole frames
+    pixels = torch.randn(int(grids.prod(-1).sum()), 3 * 2 * 2 * 2, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(int(grids.prod(-1).sum()) // 4, 8, dtype=torch.float64)
+
+    def features_and_grad():
+        out = model.model.visual(pixels, grid_thw=grids)
+        features = getattr(out, "pooler_output", out)
+        grad, = torch.autograd.grad((features * weights).sum(), pixels)
+        return features.detach(), grad
+
+    reference = features_and_grad()
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    M.group_vision_windows(model)
+    torch.nn.functional.scaled_dot_product_attention = lambda *a, **k: calls.append(a[0].shape) or sdpa(*a, **k)
+    try:
+        grouped = features_and_grad()
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
+    torch.testing.assert_close(grouped[0], reference[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grouped[1], reference[1], rtol=1e-12, atol=1e-14)
+    windows = sum(shape[0] for shape in calls)
+    assert len(calls) < windows  # stacked: fewer kernels than windows
