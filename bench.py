@@ -9,7 +9,11 @@ Time one training step's three phases on a model of a named size, against the ha
 Phases, timed separately (warmup, then timed repeats; cuda synchronised):
   generate   sample gen_len tokens for batch_size * group_size answers (split into prefill / decode)
   logprob    model.completion_logps under no_grad over prompt + completion (old / reference log-probs)
+  vision     the vision tower alone over the batch's videos (its share of prefill / logprob / train)
   train      completion_logps + reg_grpo_loss + backward + AdamW step (vision tower frozen)
+--phases picks some; --master_dtype=float32 times train.py's default (fp32 weights, bf16 autocast);
+--reference=True holds the frozen reference too (peak memory); --profile=PREFIX writes torch.profiler
+tables (slow on real sizes: profile with --gen_len small).
 3b / 7b use the published Qwen2.5-VL shapes with random weights (no download, no tokenizer): the
 prompt is random text ids around <|vision_start|> <|video_pad|> * n <|vision_end|>.
 
@@ -24,7 +28,8 @@ FLOP accounting (model FLOPs, what MFU counts; pure functions of the config belo
       merged token  +  attention 4 * d * sum over windows of len^2 (non-causal; window layers use the
       112-pixel windows, the fullatt_block_indexes layers one frame's patches).
   backward = 2 * forward (input and weight gradients) for the language model; the frozen vision tower
-      has no backward. Train step = 3 * LM forward + 1 * vision forward.
+      has no backward. Train step = 3 * LM forward + 1 * vision forward. The vision tower counts once per
+      distinct video (batch_size of them; share_repeated_videos), not once per answer.
   Gradient checkpointing recomputes each decoder layer's forward once more in backward: hardware
       FLOPs (HFU) add 1 * LM layer forward; MFU (the standard sense) does not count it.
 Decode bytes per step: all LM weights read once (decoder layers + lm_head) + the KV cache read,
@@ -55,6 +60,7 @@ reference = False             # also hold a frozen reference copy in `dtype` and
 cache_implementation = ""     # "" = dynamic KV cache; static = static cache (transformers compiles decode)
 phases = "generate,logprob,train"  # which to time; without generate the completions are random tokens
 share_videos = True           # encode each distinct video once per batch (model.share_repeated_videos)
+fused_adamw = True            # cuda: torch's fused AdamW kernel (train.py uses it on cuda)
 group_windows = True          # vision attention: one SDPA call per window length (model.group_vision_windows)
 attn_implementation = "sdpa"  # sdpa | flash_attention_2 (when installed) | eager
 batch_size = 2                # prompts
@@ -502,7 +508,7 @@ def run_bench():
         enable_gradient_checkpointing(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate)
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, fused=fused_adamw and device.startswith("cuda"))
     rewards = torch.randint(0, 3, (N,), generator=gen).float().to(device)
     adv = group_advantages(rewards, group_size)
     if ref_model is not None:

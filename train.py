@@ -469,7 +469,8 @@ def main():
             reference = shard(reference)
     model = wrap_policy(policy, device, world_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay,
+                                  fused=torch.device(device).type == "cuda")  # one kernel, not a per-tensor loop
     buffer = RewardBuffer(buffer_window)
 
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
