@@ -104,7 +104,8 @@ def group_advantages(rewards, group_size, eps=1e-4):
     return (c / (std + eps)).view(-1)  # (N,)
 
 
-def reg_grpo_loss(logps, old_logps, advantages, mask, group_size, ref_logps=None, beta=0.0, *, eps=1e-4):
+def reg_grpo_loss(logps, old_logps, advantages, mask, group_size, ref_logps=None, beta=0.0, *, eps=1e-4,
+                  token_mean=False):
     """
     Reg-GRPO: L = mean_i (A_i - Ahat_i)^2 + beta * KL(pi_theta || pi_ref).
 
@@ -116,6 +117,8 @@ def reg_grpo_loss(logps, old_logps, advantages, mask, group_size, ref_logps=None
     ref_logps  (N, T) log pi_ref, optional; the k3 KL (token mean per answer, mean over answers)
                is added times beta when given and beta > 0, and always reported in stats.
     eps        std floor of Ahat = (rho - mean_g rho) / max(std_g rho, eps); see the module docstring.
+    token_mean rho_i as the mean instead of the sum of token log-ratios (a variant; with equal lengths
+               in a group the two give the same loss, since Ahat is scale-free).
 
     rho_i = sum_t mask * (logps - old_logps). Returns (loss, stats) with float stats: loss, reg_loss,
     kl, zero_adv_ratio (fraction of groups whose advantages are all 0, i.e. zero reward variance),
@@ -127,7 +130,10 @@ def reg_grpo_loss(logps, old_logps, advantages, mask, group_size, ref_logps=None
     keep = mask.bool()
     logps = _upcast(logps)
     log_ratio = torch.where(keep, logps - _upcast(old_logps).detach(), 0.0)  # (N, T)
-    rho = log_ratio.sum(dim=1).view(-1, group_size)  # (B, G)
+    rho = log_ratio.sum(dim=1)
+    if token_mean:
+        rho = rho / keep.sum(dim=1).clamp(min=1)
+    rho = rho.view(-1, group_size)  # (B, G)
     c = _center(rho)
     var = c.pow(2).mean(dim=1, keepdim=True)  # (B, 1)
     pred_adv = c / var.clamp(min=eps ** 2).sqrt()  # (B, G) Ahat

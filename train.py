@@ -53,6 +53,8 @@ num_iterations = 2            # optimisation passes over each rollout batch
 beta = 0.04                   # KL to the reference policy (0: no reference model is loaded)
 clip_eps = 0.2                # grpo only
 adv_eps = 1e-4
+std_floor = 1e-4              # reg_grpo: Ahat = (rho - mean) / max(std, std_floor)
+rho_token_mean = False        # reg_grpo: rho = token mean of the log-ratios instead of their sum
 augment = "both"              # none | harder | easier | both
 harder_mode = "noise"         # noise | mask
 noise_sigma0 = 0.1            # noise std in [0, 1] pixel units per unit of l_perturb
@@ -361,7 +363,8 @@ def policy_update(model, optimizer, rollout, advantages, params, world_size):
                 ref = part.ref_logps.to(device) if part.ref_logps is not None else None
                 adv = advantages[rows].to(device)
                 if loss == "reg_grpo":
-                    value, stats = reg_grpo_loss(logps, old[c], adv, mask, G, ref_logps=ref, beta=beta)
+                    value, stats = reg_grpo_loss(logps, old[c], adv, mask, G, ref_logps=ref, beta=beta,
+                                                 eps=std_floor, token_mean=rho_token_mean)
                 else:
                     value, stats = grpo_loss(logps, old[c], adv, mask, ref_logps=ref, beta=beta,
                                              clip_eps=clip_eps)

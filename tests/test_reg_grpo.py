@@ -42,9 +42,11 @@ def _ref_k3(logps, ref, mask):
     return sum(per_answer) / len(per_answer)
 
 
-def _ref_reg_grpo(logps, old, adv, mask, ref, beta, eps):
+def _ref_reg_grpo(logps, old, adv, mask, ref, beta, eps, token_mean=False):
     lp, ol, rf, mk = logps.tolist(), old.tolist(), ref.tolist(), mask.tolist()
     rho = [sum(lp[i][t] - ol[i][t] for t in range(len(lp[i])) if mk[i][t]) for i in range(len(lp))]
+    if token_mean:
+        rho = [r / sum(mk[i]) for i, r in enumerate(rho)]
     total = 0.0
     for i in range(0, len(rho), G):
         grp = rho[i:i + G]
@@ -73,6 +75,18 @@ def test_reg_grpo_loss_matches_float64_reference():
         assert stats["kl"] == (pytest.approx(_ref_k3(logps.numpy(), ref.numpy(), mask.numpy()), rel=1e-10)
                                if r is not None else 0.0)
         assert stats["reg_loss"] == pytest.approx(_ref_reg_grpo(logps, old, adv, mask, ref, 0.0, 1e-4), rel=1e-10)
+
+
+def test_token_mean_rho_matches_float64_reference():
+    logps, old, ref, mask, rewards = _batch()  # rows 1 and 6 are shorter: sum and mean differ
+    adv = group_advantages(rewards, G)
+    loss, _ = reg_grpo_loss(logps, old, adv, mask, G, ref_logps=ref, beta=0.1, token_mean=True)
+    assert loss.item() == pytest.approx(_ref_reg_grpo(logps, old, adv, mask, ref, 0.1, 1e-4, token_mean=True),
+                                        rel=1e-10)
+    assert loss.item() != pytest.approx(_ref_reg_grpo(logps, old, adv, mask, ref, 0.1, 1e-4), rel=1e-6)
+    full = torch.ones_like(mask)  # equal lengths: the z-score cannot tell a sum from a mean
+    assert (reg_grpo_loss(logps, old, adv, full, G, token_mean=True)[0].item()
+            == pytest.approx(reg_grpo_loss(logps, old, adv, full, G)[0].item(), rel=1e-9))
 
 
 def test_grpo_loss_matches_float64_reference():
