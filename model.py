@@ -249,11 +249,12 @@ def group_vision_windows(model):
     Without flash-attention, transformers runs Qwen2.5-VL's windowed vision attention as a Python loop
     over windows: 16 frames of 252 px are 72 windows x 28 layers = 2016 small kernels per video, which
     left an H100 idle (vision tower at 3% MFU). Windows of equal length (most are full 8x8-patch
-    windows) are stacked into one batch instead; the arithmetic is the same. A no-op under flash
-    attention, whose varlen kernel already takes every window at once. Installed by load_policy.
+    windows) are stacked into one batch instead; the arithmetic is the same. Only under sdpa: flash
+    attention's varlen kernel already takes every window at once, and eager stays as shipped.
+    Installed by load_policy.
     """
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
-    if "flash" in str(model.config._attn_implementation):
+    if _visual(model).config._attn_implementation != "sdpa":
         return model
     for attn in _visual(model).modules():
         if isinstance(attn, qwen.Qwen2_5_VLVisionAttention) and not getattr(attn, "groups_windows", False):
