@@ -105,6 +105,8 @@ def test_phase_flops_and_decode_bytes():
     assert f["logprob"] == lm + vis and f["train"] == 3 * lm + vis
     assert f["train_hardware_with_recompute"] == f["train"] + lm - 2 * 2 * 8 * 10 * 4  # lm_head not recomputed
     assert f["generate"] == f["prefill"] + f["decode"]
+    shared = bench.phase_flops(cfg, 2, 3, 3, (2, 6, 4), n_videos=1)  # both answers share one video
+    assert shared["vision"] == 73216 and shared["train"] == f["train"] - 73216
     # weights (1368 + lm_head 80) * 2 bytes per step, KV 2*2 layers*1 head*8*2 bytes = 64 per token per
     # answer; two decode steps see 4 and 5 cached tokens
     assert bench.decode_bytes(cfg, 2, 3, 3, 2) == 2 * 2896 + 2 * 64 * (4 + 5)
@@ -177,3 +179,14 @@ def test_vision_flops_match_torch_flop_counter():
     with FlopCounterMode(display=False) as counter:
         model.model.visual(pixels, grid_thw=torch.tensor(grids))
     assert counter.get_total_flops() == bench.vision_forward_flops(cfg, grids)
+
+
+def test_bench_phases_option(tmp_path):
+    base = [sys.executable, "bench.py", "--size=tiny", "--batch_size=1", "--group_size=2", "--num_frames=4",
+            "--frame_size=56", "--prompt_len=8", "--gen_len=4", "--warmup=0", "--repeats=1"]
+    res = subprocess.run(base + ["--phases=logprob,train"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [l.split("|")[1].strip() for l in res.stdout.splitlines() if l.startswith("| ") and "phase" not in l]
+    assert rows == ["vision", "logprob", "train"]
+    bad = subprocess.run(base + ["--phases=train,decode"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "phases" in bad.stderr and "decode" in bad.stderr
