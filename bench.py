@@ -444,6 +444,9 @@ def timed(fn):
 # ----------------------------------------------------------------------------- main
 
 def run_bench():
+    wanted = set(phases.split(","))
+    if wanted - {"generate", "logprob", "train"}:
+        raise SystemExit(f"phases: expected a comma list of generate, logprob, train; got {phases!r}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     torch_dtype = getattr(torch, dtype)
@@ -475,9 +478,6 @@ def run_bench():
             return model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                   suppress_tokens=suppress, do_sample=True, **extra)
 
-    wanted = set(phases.split(","))
-    if wanted - {"generate", "logprob", "train"}:
-        raise SystemExit(f"phases: expected a comma list of generate, logprob, train; got {phases!r}")
     rows = {}
     if "generate" in wanted:
         reset_peak()
