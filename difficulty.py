@@ -59,10 +59,15 @@ def _as_rewards(rewards, group_size, where):
     return r.view(-1, group_size)  # (B, G)
 
 
+def flat_groups(rewards, group_size):
+    """(B,) bool: which groups have G equal rewards (zero variance, so every advantage is 0)."""
+    r = _as_rewards(rewards, group_size, "flat_groups")
+    return r.amax(dim=1) == r.amin(dim=1)
+
+
 def zero_advantage_ratio(rewards, group_size):
     """Fraction of groups whose G rewards are all equal (zero variance, so every advantage is 0)."""
-    r = _as_rewards(rewards, group_size, "zero_advantage_ratio")
-    return (r.amax(dim=1) == r.amin(dim=1)).double().mean().item()
+    return flat_groups(rewards, group_size).double().mean().item()
 
 
 def group_mean_rewards(rewards, group_size):

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from configurator import configure
 from dataset import VideoError, load_records, load_samples, read_video
-from difficulty import (RewardBuffer, build_hint, group_mean_rewards, make_harder, plan_augmentation,
-                        zero_advantage_ratio)
+from difficulty import (RewardBuffer, build_hint, flat_groups, group_mean_rewards, make_harder,
+                        plan_augmentation, zero_advantage_ratio)
 from eval import evaluate
 from model import completion_logps, enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
 from model import load_policy, load_reference
@@ -237,10 +237,10 @@ def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
     if augment == "none" or r_ref is None:
         return rollout, r_cur, za_before, changes, len(rollout.texts)
     plans = plan_augmentation(r_cur.tolist(), r_ref, margin=difficulty_margin)
-    flat = set(flat_groups(rollout))
+    flat = flat_groups(rollout.rewards, G).tolist()
     redo, redo_videos, redo_hints = [], [], []
     for i, plan in enumerate(plans):
-        if augment_flat_only and i not in flat:
+        if augment_flat_only and not flat[i]:
             continue
         if plan["action"] == "harder" and augment in ("harder", "both"):
             redo_videos.append(make_harder(videos[i], plan, mode=harder_mode, sigma0=noise_sigma0,
@@ -269,15 +269,16 @@ def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
         parts = []
         for i in range(len(prompts)):
             source, k = (new, redo.index(i)) if i in redo else (rollout, i)
-            parts.append(source.select(list(range(k * G, (k + 1) * G))))
+            parts.append(source.select(group_rows(k)))
         rollout = concat_rollouts(parts)
     return rollout, r_cur, za_before, changes, n_generated
 
 
-def flat_groups(rollout):
-    """Indices of the groups whose rewards are all equal (zero advantage)."""
-    r = rollout.rewards.view(-1, group_size)
-    return [i for i, row in enumerate(r) if bool((row == row[0]).all())]
+def split_groups(rollout):
+    """(informative groups, flat groups) of a rollout, each a list of one-group rollouts in order."""
+    flat = flat_groups(rollout.rewards, group_size).tolist()
+    groups = [rollout.select(group_rows(i)) for i in range(len(flat))]
+    return [g for g, f in zip(groups, flat) if not f], [g for g, f in zip(groups, flat) if f]
 
 
 def group_rows(i):
@@ -299,9 +300,7 @@ def dynamic_sampling(policy, processor, rollout, records, rng, skipped, synced):
     Every answer generated counts against the budget, the discarded ones too. After
     `resample_rounds` extra draws the batch is topped up with flat groups (they carry no signal).
     """
-    keep = [i for i in range(len(rollout.texts) // group_size) if i not in flat_groups(rollout)]
-    parts, spare = [rollout.select(group_rows(i)) for i in keep], [rollout.select(group_rows(i))
-                                                                   for i in flat_groups(rollout)]
+    parts, spare = split_groups(rollout)
     n_generated = 0
     for _ in range(resample_rounds):
         if not any_rank(len(parts) < prompts_per_step):
@@ -309,9 +308,8 @@ def dynamic_sampling(policy, processor, rollout, records, rng, skipped, synced):
         prompts = draw_prompts(records, rng, prompts_per_step, skipped)
         extra = sample_groups(policy, processor, prompts, [p["frames"] for p in prompts], synced=synced)
         n_generated += len(extra.texts)
-        flat = flat_groups(extra)
-        parts += [extra.select(group_rows(i)) for i in range(prompts_per_step) if i not in flat]
-        spare += [extra.select(group_rows(i)) for i in flat]
+        informative, flat = split_groups(extra)
+        parts, spare = parts + informative, spare + flat
     parts = (parts + spare)[:prompts_per_step]
     return concat_rollouts(parts), n_generated
 
@@ -323,12 +321,11 @@ def group_replay(rollout, store, rng):
     `old_logps`, so the loss treats them as if sampled now (the usual shortcut of replay methods).
     The store holds videos too, so it stays out of checkpoints: after a resume it starts empty.
     """
-    flat = set(flat_groups(rollout))
-    n_groups = len(rollout.texts) // group_size
+    flat = flat_groups(rollout.rewards, group_size).tolist()
     parts = []
-    for i in range(n_groups):
+    for i, is_flat in enumerate(flat):
         group = rollout.select(group_rows(i))
-        if i not in flat:
+        if not is_flat:
             store.append(group)
         elif store:
             group = store[rng.randrange(len(store))]
@@ -509,12 +506,15 @@ def main():
         if master:
             save_checkpoint(ckpt_path, ckpt)
 
+    def finished():
+        return step >= max_steps or bool(max_answers and answers_generated >= max_answers)
+
     if step == 0 and not history:
         run_eval()
     log_path = os.path.join(out_dir, "log.jsonl")
     log_file = open(log_path, "a") if master else None
     bar = tqdm(total=max_steps, initial=step, disable=not master, desc="rl", dynamic_ncols=True)
-    while step < max_steps and not (max_answers and answers_generated >= max_answers):
+    while not finished():
         t0 = time.time()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -559,10 +559,9 @@ def main():
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row['accuracy']:.2f}",
                             za=f"{row['zero_adv_before']:.2f}->{row['zero_adv_after']:.2f}")
-        finished = step >= max_steps or (max_answers and answers_generated >= max_answers)
-        if finished or (eval_interval and step % eval_interval == 0):
+        if finished() or (eval_interval and step % eval_interval == 0):
             run_eval()
-        if finished or step % checkpoint_interval == 0:
+        if finished() or step % checkpoint_interval == 0:
             checkpoint()
     bar.close()
     if master:

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from difficulty import (RewardBuffer, add_frame_noise, build_hint, group_mean_rewards, make_easier_prompt,
-                        make_harder, mask_fraction, mask_frames, plan_augmentation, zero_advantage_ratio)
+from difficulty import (RewardBuffer, add_frame_noise, build_hint, flat_groups, group_mean_rewards,
+                        make_easier_prompt, make_harder, mask_fraction, mask_frames, plan_augmentation,
+                        zero_advantage_ratio)
 
 
 def _uint8_frames(t=8, h=16, w=16, seed=0):
@@ -17,6 +18,7 @@ def test_zero_advantage_ratio_and_group_means():
     assert zero_advantage_ratio(rewards, 3) == pytest.approx(3 / 4)
     assert zero_advantage_ratio(torch.tensor(rewards), 6) == 0.0
     assert zero_advantage_ratio(rewards, 1) == 1.0
+    assert flat_groups(rewards, 3).tolist() == [True, True, True, False]
     np.testing.assert_allclose(group_mean_rewards(rewards, 3).numpy(), [2.0, 0.0, 1.0, 2 / 3], rtol=1e-6)
     assert group_mean_rewards(np.array(rewards), 6).shape == (2,)
     with pytest.raises(ValueError, match="group_size=5 does not divide N=12"):
