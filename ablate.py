@@ -31,7 +31,8 @@ from configurator import configure
 
 # -----------------------------------------------------------------------------
 out_dir = "out/ablation"
-init_from = "out/tiny-sft"
+init_from = "out/ablation/sft"
+sft_data = "data/synthetic/train.jsonl"   # the table in the README: SFT on the ground-truth traces
 train_data = "data/synthetic/train.jsonl"
 val_data = "data/synthetic/val.jsonl"
 select_dir = "data/synthetic_select"      # selection split, made with select_seed
@@ -202,7 +203,8 @@ def ensure_inputs():
         subprocess.run([sys.executable, "data/synthetic/prepare.py", f"--out={select_dir}",
                         f"--seed={select_seed}", "--n_train=8", "--n_val=200"], check=True)
     if not os.path.exists(os.path.join(init_from, "config.json")):
-        subprocess.run([sys.executable, "sft.py", f"--out_dir={init_from}"], check=True)
+        subprocess.run([sys.executable, "sft.py", f"--out_dir={init_from}", f"--train_data={sft_data}"],
+                       check=True)
 
 
 def main():

@@ -289,6 +289,14 @@ def load_records(jsonl_path):
     return records
 
 
+def read_records_or_exit(path):
+    """Records of a JSONL file, or a one-line error naming the file (and line) and the problem."""
+    try:
+        return load_records(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot read data: {e}")
+
+
 def write_records(path, records):
     """Write records as JSONL (validated first; keys in a fixed order)."""
     lines = []

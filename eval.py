@@ -16,7 +16,7 @@ from collections import defaultdict
 import torch
 
 from configurator import configure
-from dataset import load_records, load_samples
+from dataset import load_samples, read_records_or_exit
 from rollout import generate_rollout
 
 # -----------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def main():
     configure(globals(), sys.argv[1:])
     torch.manual_seed(seed)
     policy, processor = load_any_policy(model, device=device, dtype=dtype)
-    records = load_records(data)
+    records = read_records_or_exit(data)
     if max_samples:
         records = records[:max_samples]
     samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels)

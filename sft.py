@@ -2,7 +2,8 @@
 Supervised warm start on the reasoning traces, so that RL starts from a policy that answers in the
 `<think>...</think><answer>...</answer>` format. The tiny default starts from random weights and needs
 it; a released Qwen2.5-VL checkpoint follows the format from its prompt (the paper's SFT baseline is
-this step on SEED-Bench-R1's training traces).
+this step on SEED-Bench-R1's training traces). On the embedded default the demonstrations come from a
+simulated teacher that misreads two colours (`data/synthetic/sft.jsonl`); RL's rewards use the truth.
 
     python sft.py                                    # tiny model from scratch -> out/tiny-sft
     python sft.py --init_from=Qwen/Qwen2.5-VL-3B-Instruct --device=cuda --dtype=bfloat16 ...
@@ -19,7 +20,7 @@ import time
 import torch
 
 from configurator import configure
-from dataset import load_records, load_samples
+from dataset import load_samples, read_records_or_exit
 from model import completion_logps, freeze_vision as freeze_vision_tower, load_policy, tiny_qwen25vl
 from dataset import format_question
 from rollout import SYSTEM_PROMPT, encode_prompts, join_prompt_completion, reference_completion, to_device
@@ -28,7 +29,7 @@ from eval import evaluate, format_table
 # -----------------------------------------------------------------------------
 out_dir = "out/tiny-sft"
 init_from = "tiny"            # "tiny": random-init tiny Qwen2.5-VL, tokenizer trained on the data
-train_data = "data/synthetic/train.jsonl"
+train_data = "data/synthetic/sft.jsonl"   # the teacher's demonstrations (see data/synthetic/prepare.py)
 val_data = "data/synthetic/val.jsonl"
 max_steps = 800
 batch_size = 16
@@ -38,7 +39,7 @@ warmup_steps = 30
 weight_decay = 0.01
 grad_clip = 1.0
 freeze_vision = False         # the tiny vision tower is random: it must learn too
-eval_samples = 200
+eval_samples = 1000
 num_frames = 8
 max_pixels = 112 * 112
 fps = 2.0
@@ -82,7 +83,7 @@ def main():
     config = configure(globals(), sys.argv[1:])
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    records = load_records(train_data)
+    records = read_records_or_exit(train_data)
     if init_from == "tiny":
         init_dir = tiny_qwen25vl(os.path.join(out_dir, "init"), texts=corpus_texts(records), seed=seed)
     else:
@@ -91,7 +92,7 @@ def main():
     if freeze_vision:
         freeze_vision_tower(policy)
     samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels)
-    val = load_samples(load_records(val_data)[:eval_samples], num_frames=num_frames, max_pixels=max_pixels)
+    val = load_samples(read_records_or_exit(val_data)[:eval_samples], num_frames=num_frames, max_pixels=max_pixels)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     policy.train()

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from configurator import configure
-from dataset import VideoError, load_records, load_samples, read_video
+from dataset import VideoError, load_samples, read_records_or_exit, read_video
 from difficulty import (RewardBuffer, build_hint, flat_groups, group_mean_rewards, make_harder,
                         plan_augmentation, zero_advantage_ratio)
 from eval import evaluate
@@ -43,7 +43,7 @@ val_data = "data/synthetic/val.jsonl"
 resume = False                # continue from out_dir/ckpt.pt
 checkpoint_interval = 25      # steps; a killed run loses at most this many
 eval_interval = 50            # steps; 0: only before and after
-eval_samples = 200
+eval_samples = 1000
 seed = 1337
 # method
 loss = "reg_grpo"             # reg_grpo | grpo
@@ -91,6 +91,7 @@ gradient_checkpointing = False
 compile = False
 # -----------------------------------------------------------------------------
 EMBEDDED_DATA, EMBEDDED_SFT = "data/synthetic/train.jsonl", "out/tiny-sft"
+EMBEDDED_SFT_DATA = "data/synthetic/sft.jsonl"   # the warm start's demonstrations, written beside train.jsonl
 
 
 def lr_at(step):
@@ -170,22 +171,15 @@ def mean_over_ranks(value):
 
 def ensure_embedded_default(rank):
     """Make the synthetic data and the SFT warm start when the embedded default asks for them."""
-    if rank == 0 and train_data == EMBEDDED_DATA and not os.path.exists(train_data):
-        print(f"{train_data} not found: generating the synthetic benchmark (data/synthetic/prepare.py)")
+    missing = [p for p in (train_data, EMBEDDED_SFT_DATA) if not os.path.exists(p)]
+    if rank == 0 and train_data == EMBEDDED_DATA and missing:
+        print(f"{missing[0]} not found: generating the synthetic benchmark (data/synthetic/prepare.py)")
         subprocess.run([sys.executable, "data/synthetic/prepare.py"], check=True)
     if rank == 0 and init_from == EMBEDDED_SFT and not os.path.exists(os.path.join(init_from, "config.json")):
         print(f"{init_from} not found: running the SFT warm start first (python sft.py)")
         subprocess.run([sys.executable, "sft.py", f"--device={device}"], check=True)
     if dist.is_initialized():
         dist.barrier()
-
-
-def read_records_or_exit(path):
-    """Records of a JSONL file, or a one-line error naming the file (and line) and the problem."""
-    try:
-        return load_records(path)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"cannot read data: {e}")
 
 
 def draw_prompts(records, rng, n, skipped):

@@ -10,7 +10,7 @@ from collections import Counter, deque
 import numpy as np
 import pytest
 
-from data.synthetic.prepare import BACKGROUND, FAMILIES, generate, make_question
+from data.synthetic.prepare import BACKGROUND, FAMILIES, TEACHER_SLIPS, generate, make_question, teacher_demonstration
 from dataset import load_records, read_video, write_video
 
 CODES = {(1, 0, 0): "red", (0, 1, 0): "green", (0, 0, 1): "blue", (1, 1, 0): "yellow",
@@ -184,3 +184,39 @@ def test_cli_writes_files(tmp_path):
     lines = (tmp_path / "train.jsonl").read_text().splitlines()
     assert len(lines) == 4 and len((tmp_path / "val.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / json.loads(lines[0])["video"]).stat().st_size > 0
+    assert (tmp_path / "sft.jsonl").read_text().splitlines()[0] == lines[0]  # record 0 is a motion question
+    bad = subprocess.run([sys.executable, "data/synthetic/prepare.py", "--out", str(tmp_path), "--teacher_slip", "1.5"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--teacher_slip must be in [0, 1], got 1.5" in bad.stderr
+
+
+def test_teacher_slips_only_where_told(tmp_path):
+    """teacher_slip=1: every colour/first question answered yellow or blue gets the slipped letter
+    after the right reasoning; every other record, and train.jsonl, is the ground truth."""
+    generate(tmp_path / "t0", seed=2, n_train=64, n_val=2, teacher_slip=0.0)
+    data = generate(tmp_path / "t1", seed=2, n_train=64, n_val=2, teacher_slip=1.0)
+    assert (tmp_path / "t0" / "sft.jsonl").read_text() == (tmp_path / "t0" / "train.jsonl").read_text()
+    assert (tmp_path / "t1" / "train.jsonl").read_text() == (tmp_path / "t0" / "train.jsonl").read_text()
+    sft = load_records(tmp_path / "t1" / "sft.jsonl")
+    n_slipped = 0
+    for truth, taught in zip(data["train"], sft):
+        m = truth["meta"]
+        should = m["family"] in ("colour", "first") and m["answer_text"] in TEACHER_SLIPS
+        if not should:
+            assert taught["answer"] == truth["answer"] and taught["reasoning"] == truth["reasoning"]
+            continue
+        n_slipped += 1
+        said = TEACHER_SLIPS[m["answer_text"]]
+        assert taught["options"][ord(taught["answer"]) - ord("A")] == said != m["answer_text"]
+        assert taught["reasoning"] == truth["reasoning"] and m["answer_text"] in taught["reasoning"]
+        assert taught["meta"]["teacher_answer"] == said
+    assert n_slipped >= 8  # 32 colour/first questions, about half answered yellow or blue
+
+
+def test_teacher_slip_rate():
+    """The slip happens with the probability asked for, independently per question."""
+    record = {"reasoning": "It is yellow at the end. So it turns yellow.", "answer": "D",
+              "options": ["red", "green", "blue", "yellow"], "meta": {"family": "colour", "answer_text": "yellow"}}
+    read = [teacher_demonstration(record, 0.6, seed=0, i=i)["answer"] == "B" for i in range(4000)]
+    assert abs(np.mean(read) - 0.6) < 0.03                     # 3.9 standard errors
+    assert abs(np.mean(read[::2]) - np.mean(read[1::2])) < 0.05

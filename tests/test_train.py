@@ -83,6 +83,11 @@ def test_bad_config_key_and_bad_data_path_fail_clearly(tiny, tmp_path):
     assert proc.returncode != 0
     assert "/nonexistent/train.jsonl" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+    for script, arg in (("sft.py", "--train_data"), ("eval.py", "--data")):
+        extra = [f"--model={tiny['sft']}"] if script == "eval.py" else []
+        proc = run([script, f"{arg}=/nonexistent/demos.jsonl", *extra], check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, (script, proc.stderr[-2000:])
+        assert "cannot read data" in proc.stderr and "/nonexistent/demos.jsonl" in proc.stderr, script
 
 
 def test_bf16_compute_with_gradient_checkpointing_keeps_float32_master_weights(tiny, tmp_path):

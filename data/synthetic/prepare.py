@@ -1,8 +1,9 @@
 """Synthetic video-reasoning benchmark: coloured shapes on a dark background, 8 frames of 112x112.
 
-    python data/synthetic/prepare.py [--out data/synthetic] [--seed 0] [--n_train 2000] [--n_val 200]
+    python data/synthetic/prepare.py [--out data/synthetic] [--seed 0] [--n_train 2000] [--n_val 1000]
+                                     [--teacher_slip 0.6]
 
-writes <out>/train.jsonl, <out>/val.jsonl and <out>/videos/{train,val}_NNNNNN.mp4.
+writes <out>/train.jsonl, <out>/val.jsonl, <out>/sft.jsonl and <out>/videos/{train,val}_NNNNNN.mp4.
 
 Four question families, each answerable only from the video (the text names the object, never
 the answer), four options in a fixed order per family, so the letter is a function of the answer
@@ -25,6 +26,15 @@ there is no noise and nothing else on screen. As d -> 1, on a per-question d dra
 Every question carries a short two-sentence reasoning trace that ends with the answer text (never
 the letter) and copies nothing from the question, e.g. "It starts on the left and ends further
 right. So it moves right." Ground truth is in meta (family, difficulty, answer_text and the family's parameters).
+
+train.jsonl and val.jsonl hold ground truth: answers for the RL rewards and the evaluation. sft.jsonl
+holds the SFT warm start's demonstrations for the same train questions, written by a simulated
+*inconsistent teacher*: its reasoning is always right, but on colour and first questions whose
+answer is yellow or blue, with probability `teacher_slip` (0.6: 14% of the demonstrations), its
+final answer is the letter of green or red instead, contradicting its own reasoning (a known failure
+of distilled chain-of-thought). SFT copies the slip: after reasoning "yellow" its greedy letter is
+green's. The accuracy reward sees that the letter is wrong, so RL can fix what SFT learned from the
+teacher, without having to learn new perception. With `--teacher_slip 0` sft.jsonl equals train.jsonl.
 """
 
 import argparse
@@ -209,6 +219,22 @@ def first(rng, k, d):
     return video, "Which colour appears first?", options, letter, reasoning, meta
 
 
+TEACHER_SLIPS = {"yellow": "green", "blue": "red"}  # the option the inconsistent teacher answers instead
+
+
+def teacher_demonstration(record, slip, seed, i):
+    """The record as the inconsistent teacher answers it: with probability `slip`, on a colour or
+    first question whose answer is a colour in TEACHER_SLIPS, the same (right) reasoning followed by
+    the letter of the slipped colour; otherwise the record unchanged."""
+    truth = record["meta"]["answer_text"]
+    rng = np.random.default_rng([seed, 2, i])
+    if record["meta"]["family"] not in ("colour", "first") or truth not in TEACHER_SLIPS or rng.random() >= slip:
+        return record
+    said = TEACHER_SLIPS[truth]
+    return {**record, "answer": option_letters(4)[record["options"].index(said)],
+            "meta": {**record["meta"], "teacher_answer": said}}
+
+
 # -----------------------------------------------------------------------------
 
 def make_question(seed, split, i, difficulty=None):
@@ -237,8 +263,8 @@ def make_question(seed, split, i, difficulty=None):
     return record, frames
 
 
-def generate(out_dir, seed=0, n_train=2000, n_val=200):
-    """Write <out_dir>/{train,val}.jsonl and <out_dir>/videos/*.mp4; return {split: records}."""
+def generate(out_dir, seed=0, n_train=2000, n_val=1000, teacher_slip=0.6):
+    """Write <out_dir>/{train,val,sft}.jsonl and <out_dir>/videos/*.mp4; return {split: records}."""
     out = {}
     for split, n in (("train", n_train), ("val", n_val)):
         records = []
@@ -248,6 +274,8 @@ def generate(out_dir, seed=0, n_train=2000, n_val=200):
             records.append(record)
         write_records(os.path.join(out_dir, f"{split}.jsonl"), records)
         out[split] = records
+    out["sft"] = [teacher_demonstration(r, teacher_slip, seed, i) for i, r in enumerate(out["train"])]
+    write_records(os.path.join(out_dir, "sft.jsonl"), out["sft"])
     return out
 
 
@@ -256,11 +284,18 @@ if __name__ == "__main__":
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_train", type=int, default=2000)
-    p.add_argument("--n_val", type=int, default=200)
+    p.add_argument("--n_val", type=int, default=1000)
+    p.add_argument("--teacher_slip", type=float, default=0.6,
+                   help="probability that the SFT teacher answers green for yellow and red for blue")
     args = p.parse_args()
+    if not 0 <= args.teacher_slip <= 1:
+        p.error(f"--teacher_slip must be in [0, 1], got {args.teacher_slip}")
     t = time.time()
-    data = generate(args.out, args.seed, args.n_train, args.n_val)
+    data = generate(args.out, args.seed, args.n_train, args.n_val, args.teacher_slip)
     for split, records in data.items():
         fams = {f: sum(r["meta"]["family"] == f for r in records) for f in FAMILIES}
         print(f"{split}: {len(records)} questions {fams} -> {os.path.join(args.out, split + '.jsonl')}")
+    slipped = sum("teacher_answer" in r["meta"] for r in data["sft"])
+    print(f"sft.jsonl: the teacher's letter contradicts its reasoning in {slipped} of {len(data['sft'])} "
+          f"demonstrations (teacher_slip {args.teacher_slip})")
     print(f"done in {time.time() - t:.1f}s")
