@@ -113,8 +113,8 @@ def load_any_policy(path, device="cpu", dtype="float32"):
 def main():
     configure(globals(), sys.argv[1:])
     torch.manual_seed(seed)
+    records = read_records_or_exit(data)                            # fail before loading the model
     policy, processor = load_any_policy(model, device=device, dtype=dtype)
-    records = read_records_or_exit(data)
     if max_samples:
         records = records[:max_samples]
     samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels)
