@@ -3,7 +3,8 @@ Supervised warm start on the reasoning traces, so that RL starts from a policy t
 `<think>...</think><answer>...</answer>` format. The tiny default starts from random weights and needs
 it; a released Qwen2.5-VL checkpoint follows the format from its prompt (the paper's SFT baseline is
 this step on SEED-Bench-R1's training traces). On the embedded default the demonstrations come from a
-simulated teacher that misreads two colours (`data/synthetic/sft.jsonl`); RL's rewards use the truth.
+simulated teacher whose answer letter sometimes contradicts its own reasoning (`data/synthetic/sft.jsonl`);
+RL's rewards use the truth.
 
     python sft.py                                    # tiny model from scratch -> out/tiny-sft
     python sft.py --init_from=Qwen/Qwen2.5-VL-3B-Instruct --device=cuda --dtype=bfloat16 ...
@@ -20,9 +21,8 @@ import time
 import torch
 
 from configurator import configure
-from dataset import load_samples, read_records_or_exit
+from dataset import format_question, load_samples, read_records_or_exit
 from model import completion_logps, freeze_vision as freeze_vision_tower, load_policy, tiny_qwen25vl
-from dataset import format_question
 from rollout import SYSTEM_PROMPT, encode_prompts, join_prompt_completion, reference_completion, to_device
 from eval import evaluate, format_table
 

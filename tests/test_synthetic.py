@@ -217,6 +217,6 @@ def test_teacher_slip_rate():
     """The slip happens with the probability asked for, independently per question."""
     record = {"reasoning": "It is yellow at the end. So it turns yellow.", "answer": "D",
               "options": ["red", "green", "blue", "yellow"], "meta": {"family": "colour", "answer_text": "yellow"}}
-    read = [teacher_demonstration(record, 0.6, seed=0, i=i)["answer"] == "B" for i in range(4000)]
-    assert abs(np.mean(read) - 0.6) < 0.03                     # 3.9 standard errors
-    assert abs(np.mean(read[::2]) - np.mean(read[1::2])) < 0.05
+    slipped = [teacher_demonstration(record, 0.6, seed=0, i=i)["answer"] == "B" for i in range(4000)]
+    assert abs(np.mean(slipped) - 0.6) < 0.03                  # 3.9 standard errors
+    assert abs(np.mean(slipped[::2]) - np.mean(slipped[1::2])) < 0.05
