@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from checkpoint import (load_checkpoint, load_states, model_state, optimizer_state, rng_state,
+                        save_checkpoint, set_rng_state, unwrap)
 from configurator import configure
 from dataset import VideoError, load_samples, read_records_or_exit, read_video
 from difficulty import (RewardBuffer, build_hint, flat_groups, group_mean_rewards, make_harder,
@@ -148,10 +150,6 @@ def autocast():
 
 def decoder_layers(policy):
     return policy.model.language_model.layers
-
-
-def unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 def all_gather_floats(values):
@@ -378,57 +376,6 @@ def gradient_sync(model, last, world_size):
     return nullcontext()
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def model_state(model):
-    if distributed == "fsdp" and dist.is_initialized():
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-
-
-def optimizer_state(model, optimizer):
-    if distributed == "fsdp" and dist.is_initialized():
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return optimizer.state_dict()
-
-
-def load_states(model, optimizer, ckpt):
-    if distributed == "fsdp" and dist.is_initialized():
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
-        opts = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(model, ckpt["model"], options=opts)
-        set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=opts)
-    else:
-        unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-
-
-def save_checkpoint(path, ckpt):
-    """Write to a temporary file, then rename: a crash mid-save leaves the last good checkpoint."""
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-
-
-def rng_state(rng, gen):
-    return {"python": rng.getstate(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "augment": gen.get_state()}
-
-
-def set_rng_state(state, rng, gen):
-    rng.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    gen.set_state(state["augment"])
-
-
 # ----------------------------------------------------------------------------- main
 
 def main():
@@ -468,12 +415,11 @@ def main():
     buffer = RewardBuffer(buffer_window)
 
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    sharded = distributed == "fsdp" and world_size > 1
     step, answers_generated, history, skipped, replay_store = 0, 0, [], {}, []
     if resume:
-        if not os.path.exists(ckpt_path):
-            raise SystemExit(f"{ckpt_path}: no checkpoint to resume from")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        load_states(model, optimizer, ckpt)
+        ckpt = load_checkpoint(ckpt_path)
+        load_states(model, optimizer, ckpt, sharded)
         buffer.load_state_dict(ckpt["buffer"])
         set_rng_state(ckpt["rng"][rank], rng, gen)
         step, answers_generated, history = ckpt["step"], ckpt["answers_generated"], ckpt["history"]
@@ -494,7 +440,8 @@ def main():
         return results
 
     def checkpoint():
-        ckpt = {"model": model_state(model), "optimizer": optimizer_state(model, optimizer), "step": step,
+        ckpt = {"model": model_state(model, sharded), "optimizer": optimizer_state(model, optimizer, sharded),
+                "step": step,
                 "buffer": buffer.state_dict(), "rng": all_gather_objects_or_self(rng_state(rng, gen)),
                 "answers_generated": answers_generated, "history": history, "config": config}
         if master:
