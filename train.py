@@ -34,6 +34,7 @@ from eval import evaluate
 from model import completion_logps, enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
 from model import load_policy, load_reference
 from reg_grpo import group_advantages, grpo_loss, reg_grpo_loss
+from remedies import dynamic_sampling, group_replay
 from rollout import concat_rollouts, generate_rollout, micro_batches, reference_logps, to_device
 
 # ----------------------------------------------------------------------------- config
@@ -266,13 +267,6 @@ def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
     return rollout, r_cur, za_before, changes, n_generated
 
 
-def split_groups(rollout):
-    """(informative groups, flat groups) of a rollout, each a list of one-group rollouts in order."""
-    flat = flat_groups(rollout.rewards, group_size).tolist()
-    groups = [rollout.select(group_rows(i)) for i in range(len(flat))]
-    return [g for g, f in zip(groups, flat) if not f], [g for g, f in zip(groups, flat) if f]
-
-
 def group_rows(i):
     return list(range(i * group_size, (i + 1) * group_size))
 
@@ -284,46 +278,6 @@ def any_rank(flag):
     t = torch.tensor([int(bool(flag))])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
-
-
-def dynamic_sampling(policy, processor, rollout, records, rng, skipped, synced):
-    """DAPO's remedy: drop zero-advantage groups and draw fresh prompts until the batch is full.
-
-    Every answer generated counts against the budget, the discarded ones too. After
-    `resample_rounds` extra draws the batch is topped up with flat groups (they carry no signal).
-    """
-    parts, spare = split_groups(rollout)
-    n_generated = 0
-    for _ in range(resample_rounds):
-        if not any_rank(len(parts) < prompts_per_step):
-            break
-        prompts = draw_prompts(records, rng, prompts_per_step, skipped)
-        extra = sample_groups(policy, processor, prompts, [p["frames"] for p in prompts], synced=synced)
-        n_generated += len(extra.texts)
-        informative, flat = split_groups(extra)
-        parts, spare = parts + informative, spare + flat
-    parts = (parts + spare)[:prompts_per_step]
-    return concat_rollouts(parts), n_generated
-
-
-def group_replay(rollout, store, rng):
-    """Replace zero-advantage groups by informative groups kept from earlier steps.
-
-    Replayed groups are off-policy: their first-pass log-probs under the current policy serve as
-    `old_logps`, so the loss treats them as if sampled now (the usual shortcut of replay methods).
-    The store holds videos too, so it stays out of checkpoints: after a resume it starts empty.
-    """
-    flat = flat_groups(rollout.rewards, group_size).tolist()
-    parts = []
-    for i, is_flat in enumerate(flat):
-        group = rollout.select(group_rows(i))
-        if not is_flat:
-            store.append(group)
-        elif store:
-            group = store[rng.randrange(len(store))]
-        parts.append(group)
-    del store[:-replay_capacity]
-    return concat_rollouts(parts)
 
 
 def policy_update(model, optimizer, rollout, advantages, params, world_size):
@@ -464,12 +418,15 @@ def main():
         with autocast():
             rollout, r_cur, za_before, changes, n_gen = sample_with_augmentation(
                 generator_model, processor, prompts, buffer, gen, synced)
-            if vanishing_fix == "dynamic_sampling":
-                rollout, n_extra = dynamic_sampling(generator_model, processor, rollout, records, rng,
-                                                    skipped, synced)
+            if vanishing_fix == "dynamic_sampling":          # ablation only (remedies.py)
+                def sample_fresh():
+                    fresh = draw_prompts(records, rng, prompts_per_step, skipped)
+                    return sample_groups(generator_model, processor, fresh, [p["frames"] for p in fresh],
+                                         synced=synced)
+                rollout, n_extra = dynamic_sampling(rollout, group_size, resample_rounds, sample_fresh, any_rank)
                 n_gen += n_extra
-        if vanishing_fix == "group_replay":
-            rollout = group_replay(rollout, replay_store, rng)
+        if vanishing_fix == "group_replay":                  # ablation only (remedies.py)
+            rollout = group_replay(rollout, group_size, replay_store, replay_capacity, rng)
         t_gen = time.time() - t_gen
         if beta > 0:
             rollout.ref_logps = reference_logps(rollout, reference, temperature=temperature, device=device)
