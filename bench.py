@@ -520,7 +520,8 @@ def run_bench():
     def train_step():
         with amp:
             logps = completion_logps(model, lp_batch)
-        loss, _ = reg_grpo_loss(logps, old, adv, mask, group_size, ref_logps=ref, beta=beta)
+        loss, _ = reg_grpo_loss(logps, old, adv, mask, torch.arange(N) // group_size, group_size=group_size,
+                                ref_logps=ref, beta=beta)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -16,9 +16,10 @@ l_perturb in [1, 3] and l_guide in {1, 2, 3}. (The paper writes Delta_R = r_ref 
 opposite sign so that "easy" reads as delta > 0.)
 
 Choices the paper leaves open:
-- margin = 0.1. The paper augments on any nonzero difference (margin 0). A group's mean reward
-  moves in steps of 1/G (0.125 at G = 8); 0.1 leaves alone samples that sit at the running average
-  and augments every sample at least one answer's worth of reward away from it.
+- margin = 0.25 (DEFAULT_MARGIN, the value train.py uses). The paper augments on any nonzero
+  difference (margin 0). A group's mean reward moves in steps of 1/G (0.125 at G = 8) and by about
+  0.2 from sampling noise alone; 0.25 (two answers' worth) leaves alone samples within that noise of
+  the running average.
 - W counts training steps (one push per step, holding that step's group means); r_ref is the mean
   of every reward stored. The paper's text says the last W = 100 samples; counting steps keeps
   r_ref's time span independent of batch size. Rule while empty: r_ref is None and nothing is
@@ -44,7 +45,7 @@ from collections import deque
 import numpy as np
 import torch
 
-DEFAULT_MARGIN = 0.1
+DEFAULT_MARGIN = 0.25
 DEFAULT_SIGMA0 = 0.1
 
 

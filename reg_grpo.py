@@ -1,5 +1,5 @@
 """
-Reg-GRPO and GRPO losses (DeepVideo-R1, arXiv 2506.07464). Torch only: copy this file anywhere.
+Reg-GRPO, GRPO and REBEL losses (DeepVideo-R1, arXiv 2506.07464). Torch only: copy this file anywhere.
 
 Derivation of Reg-GRPO. KL-regularised RL against the sampling policy pi_old,
 
@@ -9,41 +9,62 @@ has the closed-form optimum pi*(y|x) = pi_old(y|x) * exp(R(x, y) / lambda) / Z(x
 
     R(x, y) = lambda * log(pi*(y|x) / pi_old(y|x)) + lambda * log Z(x) = lambda * rho* + lambda * log Z(x).
 
-For the G answers y_1..y_G of one prompt x, z-scoring within the group removes both unknowns: the
-scale lambda cancels against the std and the shift lambda * log Z(x) against the mean, so
+For the G answers y_1..y_G of one prompt x, z-scoring within the group removes both unknowns, so
 
     A_i = (R_i - mean_g R) / std_g R   equals   Ahat_i = (rho_i - mean_g rho) / std_g rho
 
-at the optimum, with rho_i = log pi_theta(y_i|x) - log pi_old(y_i|x). Reg-GRPO regresses the
-second onto the first: L = mean_i (A_i - Ahat_i)^2 (+ beta * KL(pi_theta || pi_ref)).
-No ratio clip and no min are needed: this is a regression with a finite minimiser, so the gradient
-vanishes once the policy ranks its answers like the rewards do, whereas GRPO's linear surrogate
-A * ratio keeps pushing and needs clipping as a trust region. Per-token ratios never appear.
+at the optimum, rho_i = log pi_theta(y_i|x) - log pi_old(y_i|x). The paper regresses the second onto
+the first: L = mean_i (A_i - Ahat_i)^2 (+ beta * KL(pi_theta || pi_ref)). No ratio clip, no min.
+With population std on both sides the per-group loss is 2 * (1 - pearson(rho, A)).
 
-With population std on both sides, A and Ahat each have mean 0 and mean square 1 within a group, so
-the per-group loss is (1/G) sum (A - Ahat)^2 = 2 * (1 - pearson(rho, A)): the loss sees only the
-correlation. Reg-GRPO teaches the policy to *rank* its answers like the rewards rank them; how far
-the policy moves (the scale of rho) is invisible to it and is set by the learning rate and the KL.
+Gradient. Per group, with c = rho - mean_g rho, s = std_g rho, z = c / s, p = mean_g(A * z):
+
+    d/drho_j sum_i (A_i - z_i)^2 = -(2 / s) * (A_j - p * z_j)                          (s > floor)
+
+It vanishes exactly when z is proportional to A (the ranking is learnt), and it grows like 1 / s.
+Below the floor eps, s is replaced by eps (the z-score becomes linear in rho): -(2 / eps) * (A_j - z_j).
+On the first pass after sampling old_logps == logps, so rho = 0, z = 0 and
+
+    paper form:   dL/drho_j = -(2 / (N * eps)) * A_j          (2e4 / N times REINFORCE for eps = 1e-4)
+
+It is finite, but only gradient clipping keeps the step sane, and beta * KL weighs nothing beside it.
+
+The scaled form (form="scaled", the default) multiplies each group's squared error by the constant
+w_g = max(s_g, eps) / 2, detached (no gradient flows through the weight), and drops flat groups:
+
+    L = (1/N) * sum_{g not flat} sg[max(s_g, eps)] / 2 * sum_{i in g} (A_i - Ahat_i)^2 + beta * KL
+    dL/drho_j = -(1/N) * (A_j - p * z_j)                                                 (s > eps)
+              = -(1/N) * (A_j - z_j)                                                     (s <= eps)
+    rho = 0:    dL/drho_j = -(1/N) * A_j,   i.e. grad L = grad of -(1/N) sum_j A_j * rho_j:
+
+sequence-level REINFORCE with the group-normalised advantage. With token_mean=True (rho_j the mean of
+the token log-ratios) that is exactly GRPO's gradient at ratio 1, token for token, so the same beta is
+the same regularisation in both losses; with the sum it is T_j times GRPO's per token. Why the std to
+the power 1: the weight must cancel the 1/s of the gradient. With w = s^2 (the unnormalised
+regression (c - s * A)^2) the gradient at rho = 0 is eps * A: the first update would be 1e-4 times too
+small instead of 1e4 times too large. A positive per-group constant weight does not move the
+stationary points: each group's term is still zero-gradient exactly where z is proportional to A.
+Flat groups (all rewards equal, A = 0) carry no signal; in the paper's form their term is a constant
+1 above the floor and, below it, a 1/eps^2-scaled pull of their rhos together. They are left out of
+the regression sum (still counted in N, like GRPO's zero-advantage answers).
+
+Groups. Every loss takes group_ids (N,): rows with the same id are the G answers of one prompt. They
+must be contiguous and every group must hold exactly group_size rows; anything else raises. Trainers
+that shuffle rows (TRL) must sort by group id first, and a micro-batch must hold whole groups.
 
 Choices (the paper leaves them open):
-- rho is the SUM of token log-ratios over the completion (the paper read literally; REBEL does so).
-- std is the population std (unbiased=False) for A and Ahat alike; that makes the identity above exact.
+- rho is the SUM of token log-ratios over the completion (the paper read literally; REBEL does so);
+  token_mean=True takes the mean.
+- std is the population std (unbiased=False) for A and Ahat alike; that makes the identity exact.
 - Arithmetic runs in float32 (float64 stays float64): bf16 log-probs are upcast first.
-- std floor: Ahat = (rho - mean) / sqrt(max(var, eps^2)) = (rho - mean) / max(std, eps). Above eps
-  this is the exact z-score (so rho = c * A + const, c > 0, gives loss 0 up to A's own
-  std of std_R / (std_R + eps), i.e. (eps / std_R)^2 < 1e-7 for G = 8 binary rewards). Below eps it is
-  linear in rho. On the first update after sampling, logps == old_logps, so rho = 0, var = 0 and
-      dL/drho_j = -(2/N) sum_i A_i (delta_ij - 1/G) / eps = -(2 / (N * eps)) * A_j   (mean_g A = 0)
-  hence grad_theta L = -(2 / (N * eps)) * sum_j A_j * grad_theta rho_j: the group policy gradient
-  (sequence level), scaled by 2 / (N * eps). The floor is applied to var before the sqrt, so the
-  sqrt never sees 0 and no 0 * inf = NaN reaches the gradient. Note the scale: near rho = 0 the
-  regression gradient is ~1/eps times a plain policy gradient (the z-score is scale-free, so its
-  gradient grows like 1/std rho); Adam and grad-norm clipping remove the scale, but beta * KL weighs
-  little there by comparison.
+- The floor is applied to var before the sqrt, so no 0 * inf = NaN reaches the gradient.
+- A group is flat when every |A_i| <= FLAT_ADV_TOL (group_advantages gives exact zeros; a float mean
+  elsewhere, e.g. TRL's, can leave ~1e-4).
 """
 import torch
 
 KL_LOG_RATIO_CLAMP = 20.0  # |ref - logp| cap inside the k3 KL so exp() cannot overflow float32
+FLAT_ADV_TOL = 1e-3        # |A| at or below this in every answer: a flat group (no reward variance)
 
 
 def _upcast(x):
@@ -58,15 +79,40 @@ def _check_group_size(n, group_size, where):
         raise ValueError(f"{where}: group_size={group_size} does not divide N={n} answers")
 
 
-def _check_inputs(where, logps, old_logps, advantages, mask, ref_logps):
+def check_groups(group_ids, n, group_size, where="check_groups"):
+    """
+    Raise ValueError unless group_ids (N,) puts the rows in contiguous runs of exactly group_size rows
+    with a distinct id per run: the layout the losses reshape to (B, G). Catches shuffled rows (TRL
+    shuffles a generation batch) and micro-batches holding part of a group.
+    """
+    _check_group_size(n, group_size, where)
+    if not isinstance(group_ids, torch.Tensor) or group_ids.dim() != 1 or group_ids.shape[0] != n \
+            or group_ids.is_floating_point() or group_ids.is_complex():
+        got = tuple(group_ids.shape) if isinstance(group_ids, torch.Tensor) else type(group_ids).__name__
+        raise ValueError(f"{where}: group_ids must be an integer tensor of shape (N,) = ({n},), got {got}")
+    ids = group_ids.detach().cpu().view(-1, group_size)  # (B, G)
+    bad = (ids != ids[:, :1]).any(dim=1)
+    if bad.any():
+        b = int(bad.nonzero()[0])
+        raise ValueError(f"{where}: rows {b * group_size}..{(b + 1) * group_size - 1} hold group ids "
+                         f"{ids[b].tolist()}, expected {group_size} rows of one group: sort the rows by group "
+                         f"id and keep whole groups together")
+    if ids[:, 0].unique().numel() != ids.shape[0]:
+        raise ValueError(f"{where}: a group id appears in two separate runs of rows ({ids[:, 0].tolist()}): "
+                         f"each group must be {group_size} contiguous rows")
+
+
+def _check_inputs(where, logps, old_logps, per_answer, mask, ref_logps, group_ids, group_size):
     if logps.dim() != 2:
         raise ValueError(f"{where}: logps must be (N, T), got shape {tuple(logps.shape)}")
     named = [("old_logps", old_logps), ("mask", mask)] + ([("ref_logps", ref_logps)] if ref_logps is not None else [])
     for name, t in named:
         if tuple(t.shape) != tuple(logps.shape):
             raise ValueError(f"{where}: {name} must have the shape of logps {tuple(logps.shape)}, got {tuple(t.shape)}")
-    if tuple(advantages.shape) != (logps.shape[0],):
-        raise ValueError(f"{where}: advantages must be (N,) = ({logps.shape[0]},), got {tuple(advantages.shape)}")
+    name, t = per_answer
+    if tuple(t.shape) != (logps.shape[0],):
+        raise ValueError(f"{where}: {name} must be (N,) = ({logps.shape[0]},), got {tuple(t.shape)}")
+    check_groups(group_ids, logps.shape[0], group_size, where)
 
 
 def _center(x):
@@ -88,6 +134,22 @@ def _k3_kl(logps, ref_logps, keep):
     return _masked_answer_mean(torch.exp(d) - d - 1.0, keep)
 
 
+def _with_kl(value, logps, ref_logps, beta, keep):
+    kl = _k3_kl(logps, ref_logps, keep) if ref_logps is not None else torch.zeros((), device=logps.device)
+    return (value + beta * kl if (ref_logps is not None and beta > 0) else value), kl
+
+
+def _rho(logps, old_logps, keep, token_mean):
+    # (N, T) -> (N,) sequence log-ratio: sum (or mean) of the completion tokens' log-ratios
+    rho = torch.where(keep, logps - _upcast(old_logps).detach(), 0.0).sum(dim=1)
+    return rho / keep.sum(dim=1).clamp(min=1) if token_mean else rho
+
+
+def flat_group_mask(advantages, group_size):
+    """(N,) advantages -> (B,) bool: True for groups whose every |A| <= FLAT_ADV_TOL (zero reward variance)."""
+    return (_upcast(advantages).detach().view(-1, group_size).abs() <= FLAT_ADV_TOL).all(dim=1)
+
+
 def group_advantages(rewards, group_size, eps=1e-4):
     """
     A_i = (r_i - mean_g r) / (std_g r + eps) within each group of `group_size` contiguous answers.
@@ -104,87 +166,133 @@ def group_advantages(rewards, group_size, eps=1e-4):
     return (c / (std + eps)).view(-1)  # (N,)
 
 
-def reg_grpo_loss(logps, old_logps, advantages, mask, group_size, ref_logps=None, beta=0.0, *, eps=1e-4,
-                  token_mean=False):
+def reg_grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, ref_logps=None, beta=0.0,
+                  eps=1e-4, token_mean=False, form="scaled"):
     """
-    Reg-GRPO: L = mean_i (A_i - Ahat_i)^2 + beta * KL(pi_theta || pi_ref).
+    Reg-GRPO: regression of Ahat_i = (rho_i - mean_g rho) / max(std_g rho, eps) on A_i, + beta * KL.
 
     logps      (N, T) log pi_theta of the completion tokens (carries grad)
     old_logps  (N, T) log pi_old, the policy that sampled them (detached here)
     advantages (N,)   targets A from group_advantages (detached here)
     mask       (N, T) 1 on completion tokens, 0 on padding (padding values are never read)
-    group_size G: the G answers of a prompt are contiguous, N = num_prompts * G
+    group_ids  (N,)   integer id of each row's prompt; rows of a group contiguous, group_size each
+    group_size G
     ref_logps  (N, T) log pi_ref, optional; the k3 KL (token mean per answer, mean over answers)
                is added times beta when given and beta > 0, and always reported in stats.
-    eps        std floor of Ahat = (rho - mean_g rho) / max(std_g rho, eps); see the module docstring.
-    token_mean rho_i as the mean instead of the sum of token log-ratios (a variant; with equal lengths
-               in a group the two give the same loss, since Ahat is scale-free).
+    eps        std floor of Ahat.
+    token_mean rho_i as the mean instead of the sum of token log-ratios.
+    form       "scaled": each informative group's squared error times sg[max(std rho, eps)] / 2, flat
+               groups left out (at rho = 0: REINFORCE with A at GRPO's scale; module docstring).
+               "paper": mean_i (A_i - Ahat_i)^2 over all answers, as printed (at rho = 0: REINFORCE
+               times 2 / eps).
 
-    rho_i = sum_t mask * (logps - old_logps). Returns (loss, stats) with float stats: loss, reg_loss,
-    kl, zero_adv_ratio (fraction of groups whose advantages are all 0, i.e. zero reward variance),
-    pred_adv_std (mean over groups of the std of rho, before the floor), floored_frac (fraction of
-    groups with std rho < eps, where Ahat is linear in rho).
+    With num_iterations = 1 (one update per sampled batch, TRL's default) rho is 0 at every update:
+    the scaled form is then exactly the sequence-level policy gradient -(1/N) sum_j A_j grad rho_j and
+    the regression never acts; it acts from the second pass over a batch on.
+
+    Returns (loss, stats) with float stats: loss, reg_loss (the optimised term), mse (mean (A - Ahat)^2
+    over the answers of informative groups, comparable between forms), kl, zero_adv_ratio (fraction
+    of flat groups), pred_adv_std (mean over groups of the std of rho, before the floor), floored_frac
+    (fraction of groups with std rho < eps).
     """
-    _check_inputs("reg_grpo_loss", logps, old_logps, advantages, mask, ref_logps)
-    _check_group_size(logps.shape[0], group_size, "reg_grpo_loss")
+    if form not in ("scaled", "paper"):
+        raise ValueError(f"reg_grpo_loss: form must be 'scaled' or 'paper', got {form!r}")
+    _check_inputs("reg_grpo_loss", logps, old_logps, ("advantages", advantages), mask, ref_logps,
+                  group_ids, group_size)
     keep = mask.bool()
     logps = _upcast(logps)
-    log_ratio = torch.where(keep, logps - _upcast(old_logps).detach(), 0.0)  # (N, T)
-    rho = log_ratio.sum(dim=1)
-    if token_mean:
-        rho = rho / keep.sum(dim=1).clamp(min=1)
-    rho = rho.view(-1, group_size)  # (B, G)
+    rho = _rho(logps, old_logps, keep, token_mean).view(-1, group_size)  # (B, G)
     c = _center(rho)
     var = c.pow(2).mean(dim=1, keepdim=True)  # (B, 1)
-    pred_adv = c / var.clamp(min=eps ** 2).sqrt()  # (B, G) Ahat
+    std = var.clamp(min=eps ** 2).sqrt()      # (B, 1) max(std, eps)
+    pred_adv = c / std                        # (B, G) Ahat
     adv = _upcast(advantages).detach().view(-1, group_size)  # (B, G) A
-    reg_loss = (adv - pred_adv).pow(2).mean()
-    kl = _k3_kl(logps, ref_logps, keep) if ref_logps is not None else torch.zeros((), device=logps.device)
-    loss = reg_loss + beta * kl if (ref_logps is not None and beta > 0) else reg_loss
+    flat = flat_group_mask(advantages, group_size)           # (B,)
+    sq_err = (adv - pred_adv).pow(2)                         # (B, G)
+    if form == "paper":
+        reg_loss = sq_err.mean()
+    else:
+        weight = torch.where(flat[:, None], 0.0, std.detach() / 2)  # (B, 1)
+        reg_loss = (weight * sq_err).sum() / sq_err.numel()
+    loss, kl = _with_kl(reg_loss, logps, ref_logps, beta, keep)
     with torch.no_grad():
+        informative = ~flat
         stats = {
             "loss": loss.item(),
             "reg_loss": reg_loss.item(),
+            "mse": sq_err[informative].mean().item() if informative.any() else 0.0,
             "kl": kl.item(),
-            "zero_adv_ratio": (adv == 0).all(dim=1).float().mean().item(),
+            "zero_adv_ratio": flat.float().mean().item(),
             "pred_adv_std": var.sqrt().mean().item(),
             "floored_frac": (var < eps ** 2).float().mean().item(),
         }
     return loss, stats
 
 
-def grpo_loss(logps, old_logps, advantages, mask, ref_logps=None, beta=0.0, clip_eps=0.2, *, group_size=None):
+def grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, ref_logps=None, beta=0.0,
+              clip_eps=0.2):
     """
     GRPO clipped surrogate (DeepSeekMath), the baseline. Per token, ratio = exp(logps - old_logps):
 
         l_t = -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps) * A)
 
     token mean per answer, then mean over answers, plus beta * k3 KL to pi_ref (as in reg_grpo_loss).
-    Shapes as in reg_grpo_loss. Stats: loss, pg_loss, kl, clip_frac (fraction of completion tokens
-    whose gradient clipping cuts: ratio > 1 + eps with A > 0, or ratio < 1 - eps with A < 0),
-    zero_adv_ratio: with group_size, the fraction of groups whose advantages are all 0; without it
-    (the signature carries no group size) the fraction of answers whose advantage is exactly 0,
-    which is the same number when advantages come from group_advantages.
+    Inputs as in reg_grpo_loss (the surrogate itself is per answer; group_ids are checked so that a
+    shuffled batch fails here as it would in the other losses, and give the flat-group count).
+    Stats: loss, pg_loss, kl, clip_frac (fraction of completion tokens whose gradient clipping cuts:
+    ratio > 1 + eps with A > 0, or ratio < 1 - eps with A < 0), zero_adv_ratio (fraction of groups
+    whose advantages are all 0).
     """
-    _check_inputs("grpo_loss", logps, old_logps, advantages, mask, ref_logps)
-    if group_size is not None:
-        _check_group_size(logps.shape[0], group_size, "grpo_loss")
+    _check_inputs("grpo_loss", logps, old_logps, ("advantages", advantages), mask, ref_logps,
+                  group_ids, group_size)
     keep = mask.bool()
     logps = _upcast(logps)
     ratio = torch.exp(torch.where(keep, logps - _upcast(old_logps).detach(), 0.0))  # (N, T)
     adv = _upcast(advantages).detach()[:, None]  # (N, 1)
     surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
     pg_loss = _masked_answer_mean(torch.where(keep, -surrogate, 0.0), keep)
-    kl = _k3_kl(logps, ref_logps, keep) if ref_logps is not None else torch.zeros((), device=logps.device)
-    loss = pg_loss + beta * kl if (ref_logps is not None and beta > 0) else pg_loss
+    loss, kl = _with_kl(pg_loss, logps, ref_logps, beta, keep)
     with torch.no_grad():
         cut = ((ratio > 1 + clip_eps) & (adv > 0)) | ((ratio < 1 - clip_eps) & (adv < 0))
-        zero = (adv.view(-1, group_size) == 0).all(dim=1) if group_size is not None else (adv == 0)
         stats = {
             "loss": loss.item(),
             "pg_loss": pg_loss.item(),
             "kl": kl.item(),
             "clip_frac": ((cut & keep).sum() / keep.sum().clamp(min=1)).item(),
-            "zero_adv_ratio": zero.float().mean().item(),
+            "zero_adv_ratio": flat_group_mask(advantages, group_size).float().mean().item(),
+        }
+    return loss, stats
+
+
+def rebel_loss(logps, old_logps, rewards, mask, group_ids, *, group_size, eta=1.0, ref_logps=None, beta=0.0):
+    """
+    REBEL (arXiv 2404.16767), the paper's other baseline: regress differences of log-ratios on
+    differences of raw rewards over every pair i < j of a group,
+
+        L = mean_g mean_{i<j in g} ((rho_i - rho_j) / eta - (r_i - r_j))^2 + beta * KL,
+
+    rho_i = sum_t (logps - old_logps). No z-score, so no singularity at rho = 0, where
+    dL/drho_j = -(4 G / ((G - 1) * eta * N)) * (r_j - mean_g r): REINFORCE with the group-mean
+    baseline and unnormalised rewards. eta is REBEL's step size (1/eta the KL weight to pi_old in its
+    derivation); at the minimiser rho_i - rho_j = eta * (r_i - r_j). rewards (N,) raw (not advantages).
+    Needs G >= 2. Stats: loss, reg_loss, kl, zero_adv_ratio (fraction of groups with equal rewards).
+    """
+    _check_inputs("rebel_loss", logps, old_logps, ("rewards", rewards), mask, ref_logps, group_ids, group_size)
+    if group_size < 2:
+        raise ValueError(f"rebel_loss: needs pairs, group_size must be >= 2, got {group_size}")
+    keep = mask.bool()
+    logps = _upcast(logps)
+    rho = _rho(logps, old_logps, keep, False).view(-1, group_size)  # (B, G)
+    r = _upcast(rewards).detach().view(-1, group_size)              # (B, G)
+    diff = (rho[:, :, None] - rho[:, None, :]) / eta - (r[:, :, None] - r[:, None, :])  # (B, G, G)
+    pairs = torch.triu(torch.ones(group_size, group_size, dtype=torch.bool, device=rho.device), diagonal=1)
+    reg_loss = diff[:, pairs].pow(2).mean()
+    loss, kl = _with_kl(reg_loss, logps, ref_logps, beta, keep)
+    with torch.no_grad():
+        stats = {
+            "loss": loss.item(),
+            "reg_loss": reg_loss.item(),
+            "kl": kl.item(),
+            "zero_adv_ratio": (_center(r) == 0).all(dim=1).float().mean().item(),
         }
     return loss, stats

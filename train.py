@@ -28,12 +28,12 @@ from checkpoint import (load_checkpoint, load_states, model_state, optimizer_sta
                         save_checkpoint, set_rng_state, unwrap)
 from configurator import configure
 from dataset import VideoError, load_samples, read_records_or_exit, read_video
-from difficulty import (RewardBuffer, build_hint, flat_groups, group_mean_rewards, make_harder,
+from difficulty import (DEFAULT_MARGIN, RewardBuffer, build_hint, flat_groups, group_mean_rewards, make_harder,
                         plan_augmentation, zero_advantage_ratio)
 from eval import evaluate
 from model import completion_logps, enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
 from model import load_policy, load_reference
-from reg_grpo import group_advantages, grpo_loss, reg_grpo_loss
+from reg_grpo import group_advantages, grpo_loss, rebel_loss, reg_grpo_loss
 from remedies import dynamic_sampling, group_replay
 from rollout import concat_rollouts, generate_rollout, micro_batches, reference_logps, to_device
 
@@ -49,7 +49,10 @@ eval_interval = 50            # steps; 0: only before and after
 eval_samples = 1000
 seed = 1337
 # method
-loss = "reg_grpo"             # reg_grpo | grpo
+loss = "reg_grpo"             # reg_grpo | grpo | rebel
+reg_form = "scaled"           # reg_grpo: scaled (each group's error times its detached max(std rho, floor) / 2,
+                              # flat groups out: rho = 0 gives GRPO-scale REINFORCE) | paper (as printed)
+rebel_eta = 1.0               # rebel: ((rho_i - rho_j) / eta - (r_i - r_j))^2 over pairs of a group
 group_size = 8                # G answers per prompt
 prompts_per_step = 8          # per rank
 num_iterations = 2            # optimisation passes over each rollout batch
@@ -62,7 +65,8 @@ augment = "both"              # none | harder | easier | both
 harder_mode = "noise"         # noise | mask
 noise_sigma0 = 0.1            # noise std in [0, 1] pixel units per unit of l_perturb
 buffer_window = 12            # steps in the reward buffer (the paper: 100 samples)
-difficulty_margin = 0.25
+difficulty_margin = DEFAULT_MARGIN  # the paper augments on any nonzero delta (margin 0); with G = 8 a group
+                              # mean moves about 0.2 by sampling noise alone, so a margin leaves those alone
 augment_flat_only = True      # augment only groups whose rewards are all equal (see sample_with_augmentation)
 vanishing_fix = "none"        # other remedies, for the ablation: none | dynamic_sampling | group_replay
 resample_rounds = 3           # dynamic_sampling: at most this many extra draws per step
@@ -305,12 +309,16 @@ def policy_update(model, optimizer, rollout, advantages, params, world_size):
                 mask = batch["completion_mask"]
                 ref = part.ref_logps.to(device) if part.ref_logps is not None else None
                 adv = advantages[rows].to(device)
+                group_ids = torch.tensor(rows, device=device) // G      # rows hold whole groups
                 if loss == "reg_grpo":
-                    value, stats = reg_grpo_loss(logps, old[c], adv, mask, G, ref_logps=ref, beta=beta,
-                                                 eps=std_floor, token_mean=rho_token_mean)
+                    value, stats = reg_grpo_loss(logps, old[c], adv, mask, group_ids, group_size=G, ref_logps=ref,
+                                                 beta=beta, eps=std_floor, token_mean=rho_token_mean, form=reg_form)
+                elif loss == "rebel":
+                    value, stats = rebel_loss(logps, old[c], part.rewards.to(device), mask, group_ids, group_size=G,
+                                              eta=rebel_eta, ref_logps=ref, beta=beta)
                 else:
-                    value, stats = grpo_loss(logps, old[c], adv, mask, ref_logps=ref, beta=beta,
-                                             clip_eps=clip_eps)
+                    value, stats = grpo_loss(logps, old[c], adv, mask, group_ids, group_size=G, ref_logps=ref,
+                                             beta=beta, clip_eps=clip_eps)
                 (value * len(rows) / n).backward()
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * len(rows) / n / num_iterations
@@ -358,7 +366,9 @@ def main():
         enable_gradient_checkpointing(policy)
     reference = None                         # beta = 0: no reference model in memory at all
     if beta > 0:
-        reference = load_reference(init_from, dtype=getattr(torch, dtype), device=device,
+        # the policy's dtype, run under the same autocast: identical log-probs at step 0 (KL exactly 0);
+        # in bf16 the reference would see other rounding than the float32-master policy under autocast
+        reference = load_reference(init_from, dtype=getattr(torch, master_dtype), device=device,
                                    attn_implementation=attn_implementation)
         if distributed == "fsdp" and world_size > 1:
             reference = shard(reference)
@@ -429,7 +439,8 @@ def main():
             rollout = group_replay(rollout, group_size, replay_store, replay_capacity, rng)
         t_gen = time.time() - t_gen
         if beta > 0:
-            rollout.ref_logps = reference_logps(rollout, reference, temperature=temperature, device=device)
+            with autocast():
+                rollout.ref_logps = reference_logps(rollout, reference, temperature=temperature, device=device)
         advantages = group_advantages(rollout.rewards, group_size, eps=adv_eps)
         stats = policy_update(model, optimizer, rollout, advantages, params, world_size)
         buffer.push(all_gather_floats(r_cur.tolist()))
@@ -467,22 +478,32 @@ def main():
         first = history[0]["val_accuracy"]
         final = history[-1]["val_accuracy"]
         rows = [json.loads(l) for l in open(log_path)]
-        k = max(1, len(rows) // 5)
-        za_start = sum(r["zero_adv_before"] for r in rows[:k]) / k
-        za_end_after = sum(r["zero_adv_after"] for r in rows[-k:]) / k
+        za = zero_adv_summary(rows)
         summary = {"val_accuracy_start": first, "val_accuracy_end": final, "steps": step,
-                   "answers_generated": answers_generated, "zero_adv_first_steps": za_start,
-                   "zero_adv_last_steps_after_augmentation": za_end_after,
+                   "answers_generated": answers_generated, **za,
                    "seconds_per_step": sum(r["step_time"] for r in rows) / len(rows),
                    "rollout_tokens_per_s": sum(r["rollout_tokens_per_s"] for r in rows) / len(rows),
                    "history": history}
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        print(f"val accuracy: {first:.3f} (start of RL) -> {final:.3f} (after {step} steps); "
-              f"zero-advantage ratio {za_start:.2f} (first steps) -> {za_end_after:.2f} (last steps, after augmentation)")
+        print(f"val accuracy: {first:.3f} (start of RL) -> {final:.3f} (after {step} steps); zero-advantage ratio "
+              f"sampled -> trained on: {za['zero_adv_sampled']:.2f} -> {za['zero_adv_trained']:.2f} (all steps), "
+              f"{za['zero_adv_sampled_last']:.2f} -> {za['zero_adv_trained_last']:.2f} (last 20%)")
     if dist.is_initialized():
         check_ranks_in_sync(model)
         dist.destroy_process_group()
+
+
+def zero_adv_summary(rows):
+    """Means of the per-step zero-advantage ratios as first sampled and as trained on (after augmentation
+    and any vanishing-advantage remedy), both over the same steps: all of them, and the last 20%."""
+    last = rows[-max(1, len(rows) // 5):]
+
+    def mean(key, part):
+        return sum(r[key] for r in part) / len(part)
+    return {"zero_adv_sampled": mean("zero_adv_before", rows), "zero_adv_trained": mean("zero_adv_after", rows),
+            "zero_adv_sampled_last": mean("zero_adv_before", last),
+            "zero_adv_trained_last": mean("zero_adv_after", last)}
 
 
 def check_ranks_in_sync(model):

@@ -26,4 +26,5 @@ def test_ablation_driver_writes_every_arm(tiny, tmp_path):
     for arm in ARMS:
         assert f"| {arm} |" in table
     assert "final val acc" in table and "zero-adv" in table
+    assert "best" not in table  # no maximum over evaluations on the reported (test) split
     assert "wrote" in proc.stdout

@@ -80,8 +80,8 @@ def test_plan_empty_buffer_means_no_augmentation():
 
 def test_levels_follow_formulas_and_grow_with_delta():
     deltas = np.linspace(0.2, 2.0, 10)
-    harder = plan_augmentation(deltas, r_ref=0.0)  # r_cur - r_ref = deltas
-    easier = plan_augmentation(2.0 - deltas, r_ref=2.0)
+    harder = plan_augmentation(deltas, r_ref=0.0, margin=0.1)  # r_cur - r_ref = deltas
+    easier = plan_augmentation(2.0 - deltas, r_ref=2.0, margin=0.1)
     lp = [p["l_perturb"] for p in harder]
     assert lp == pytest.approx(list(deltas + 1))  # l_perturb = |delta| + 1
     assert all(a < b for a, b in zip(lp, lp[1:])) and 1 <= lp[0] and lp[-1] <= 3

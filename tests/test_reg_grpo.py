@@ -4,9 +4,25 @@ import numpy as np
 import pytest
 import torch
 
-from reg_grpo import grpo_loss, group_advantages, reg_grpo_loss
+from reg_grpo import check_groups, grpo_loss, group_advantages, reg_grpo_loss, rebel_loss
 
 G = 4
+
+
+def ids(n, g=G):
+    return torch.arange(n) // g
+
+
+def reg(logps, old, adv, mask, g=G, **kw):
+    return reg_grpo_loss(logps, old, adv, mask, ids(logps.shape[0], g), group_size=g, **kw)
+
+
+def paper(logps, old, adv, mask, g=G, **kw):
+    return reg(logps, old, adv, mask, g, form="paper", **kw)
+
+
+def grpo(logps, old, adv, mask, g=G, **kw):
+    return grpo_loss(logps, old, adv, mask, ids(logps.shape[0], g), group_size=g, **kw)
 
 
 def _batch(n_groups=3, t=5, seed=0, dtype=torch.float64, spread=1.0):
@@ -69,7 +85,7 @@ def test_reg_grpo_loss_matches_float64_reference():
     logps, old, ref, mask, rewards = _batch()
     adv = group_advantages(rewards, G)
     for beta, r in ((0.0, None), (0.1, ref), (0.0, ref)):
-        loss, stats = reg_grpo_loss(logps, old, adv, mask, G, ref_logps=r, beta=beta)
+        loss, stats = paper(logps, old, adv, mask, ref_logps=r, beta=beta)
         want = _ref_reg_grpo(logps, old, adv, mask, ref, beta, 1e-4)
         assert loss.item() == pytest.approx(want, rel=1e-10)
         assert stats["kl"] == (pytest.approx(_ref_k3(logps.numpy(), ref.numpy(), mask.numpy()), rel=1e-10)
@@ -80,20 +96,20 @@ def test_reg_grpo_loss_matches_float64_reference():
 def test_token_mean_rho_matches_float64_reference():
     logps, old, ref, mask, rewards = _batch()  # rows 1 and 6 are shorter: sum and mean differ
     adv = group_advantages(rewards, G)
-    loss, _ = reg_grpo_loss(logps, old, adv, mask, G, ref_logps=ref, beta=0.1, token_mean=True)
+    loss, _ = paper(logps, old, adv, mask, ref_logps=ref, beta=0.1, token_mean=True)
     assert loss.item() == pytest.approx(_ref_reg_grpo(logps, old, adv, mask, ref, 0.1, 1e-4, token_mean=True),
                                         rel=1e-10)
     assert loss.item() != pytest.approx(_ref_reg_grpo(logps, old, adv, mask, ref, 0.1, 1e-4), rel=1e-6)
     full = torch.ones_like(mask)  # equal lengths: the z-score cannot tell a sum from a mean
-    assert (reg_grpo_loss(logps, old, adv, full, G, token_mean=True)[0].item()
-            == pytest.approx(reg_grpo_loss(logps, old, adv, full, G)[0].item(), rel=1e-9))
+    assert (paper(logps, old, adv, full, token_mean=True)[0].item()
+            == pytest.approx(paper(logps, old, adv, full)[0].item(), rel=1e-9))
 
 
 def test_grpo_loss_matches_float64_reference():
     logps, old, ref, mask, rewards = _batch(spread=2.0)
     adv = group_advantages(rewards, G)
     eps, beta = 0.2, 0.05
-    loss, stats = grpo_loss(logps, old, adv, mask, ref_logps=ref, beta=beta, clip_eps=eps)
+    loss, stats = grpo(logps, old, adv, mask, ref_logps=ref, beta=beta, clip_eps=eps)
     per_answer, cut, tokens = [], 0, 0
     for i in range(logps.shape[0]):
         a = float(adv[i])
@@ -128,7 +144,7 @@ def test_1_first_update_is_group_policy_gradient():
     rewards = torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0, 1.0, 0.0, 1.0])
     adv = group_advantages(rewards, G)
     logps = policy_logps()
-    loss, stats = reg_grpo_loss(logps, logps.detach(), adv, mask, G)
+    loss, stats = paper(logps, logps.detach(), adv, mask)
     loss.backward()
     got = theta.grad.clone()
     assert torch.isfinite(loss) and torch.isfinite(got).all()
@@ -153,16 +169,15 @@ def test_2_all_equal_rewards_give_zero_advantage_and_no_nan():
     eight = torch.tensor([0.1] * 8 + [0.7] * 8 + [1.3] * 8)
     assert (group_advantages(eight, 8) == 0).all()
     rho8 = eight[:, None]  # equal log-ratios: Ahat exactly 0 too, loss = mean A^2 = 0
-    assert reg_grpo_loss(rho8, torch.zeros_like(rho8), torch.zeros(24), torch.ones_like(rho8), 8)[0].item() == 0.0
+    assert paper(rho8, torch.zeros_like(rho8), torch.zeros(24), torch.ones_like(rho8), 8)[0].item() == 0.0
     logps, old, ref, mask, _ = _batch(n_groups=4, dtype=torch.float32)
     logps.requires_grad_(True)
-    loss, stats = reg_grpo_loss(logps, old, adv, mask, G, ref_logps=ref, beta=0.1)
+    loss, stats = paper(logps, old, adv, mask, ref_logps=ref, beta=0.1)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logps.grad).all()
     assert stats["zero_adv_ratio"] == 0.75
-    _, gstats = grpo_loss(logps, old, adv, mask, group_size=G)
-    assert gstats["zero_adv_ratio"] == 0.75
-    assert grpo_loss(logps, old, adv, mask)[1]["zero_adv_ratio"] == 0.75  # per answer, same here
+    assert grpo(logps, old, adv, mask)[1]["zero_adv_ratio"] == 0.75
+    assert reg(logps, old, adv, mask)[1]["zero_adv_ratio"] == 0.75
 
 
 @pytest.mark.parametrize("which", ["reg", "grpo"])
@@ -177,8 +192,8 @@ def test_3_padding_changes_nothing(which):
     # inside the real width, padding (mask 0) also holds junk
     lp_p.data[1, 3], old_p[6, 2], ref_p[6, 4] = 50.0, float("nan"), -1e4
     lp = logps.clone().requires_grad_(True)
-    fn = (lambda *a: reg_grpo_loss(*a[:4], G, ref_logps=a[4], beta=0.1)) if which == "reg" else \
-        (lambda *a: grpo_loss(*a[:4], ref_logps=a[4], beta=0.1))
+    fn = (lambda *a: paper(*a[:4], ref_logps=a[4], beta=0.1)) if which == "reg" else \
+        (lambda *a: grpo(*a[:4], ref_logps=a[4], beta=0.1))
     loss, stats = fn(lp, old, adv, mask, ref)
     loss_p, stats_p = fn(lp_p, old_p, adv, mask_p, ref_p)
     loss.backward()
@@ -193,13 +208,13 @@ def test_4_per_group_constant_changes_nothing():
     logps, old, ref, mask, rewards = _batch(dtype=torch.float32)
     adv = group_advantages(rewards, G)
     lp = logps.clone().requires_grad_(True)
-    loss, _ = reg_grpo_loss(lp, old, adv, mask, G)
+    loss, _ = paper(lp, old, adv, mask)
     loss.backward()
     shift = torch.tensor([37.0, -5.5, 0.25]).repeat_interleave(G)  # log Z(x) per prompt
     old_shifted = old.clone()
     old_shifted[:, 0] -= shift  # rho_i += shift of its group
     lp2 = logps.clone().requires_grad_(True)
-    loss2, _ = reg_grpo_loss(lp2, old_shifted, adv, mask, G)
+    loss2, _ = paper(lp2, old_shifted, adv, mask)
     loss2.backward()
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
     torch.testing.assert_close(lp2.grad, lp.grad, rtol=1e-4, atol=1e-5)
@@ -212,12 +227,12 @@ def test_5_reg_grpo_has_gradient_where_grpo_clip_cuts():
     # ratio 1.5 where A > 0 and 0.5 where A < 0: clipping cuts every token's gradient
     logps = (old + torch.where(adv > 0, math.log(1.5), math.log(0.5))[:, None]).requires_grad_(True)
     mask = torch.ones(n, t)
-    loss, stats = grpo_loss(logps, old, adv, mask, clip_eps=0.2)
+    loss, stats = grpo(logps, old, adv, mask, clip_eps=0.2)
     loss.backward()
     assert stats["clip_frac"] == 1.0 and (logps.grad == 0).all()
     logps.grad = None
     adv_ranked = torch.tensor([1.5, -0.5, 0.5, -1.5])  # rho ranks the answers differently
-    loss, _ = reg_grpo_loss(logps, old, adv_ranked / adv_ranked.std(unbiased=False), mask, G)
+    loss, _ = paper(logps, old, adv_ranked / adv_ranked.std(unbiased=False), mask)
     loss.backward()
     assert loss.item() > 0.01 and logps.grad.abs().sum() > 0.01
 
@@ -229,7 +244,7 @@ def test_6_group_loss_is_two_minus_two_pearson():
         rewards = torch.rand(G, dtype=torch.float64, generator=g) * 2
         adv = group_advantages(rewards, G, eps=0.0)  # exact z-scores
         logps = rho[:, None].clone()
-        loss, _ = reg_grpo_loss(logps, torch.zeros_like(logps), adv, torch.ones_like(logps), G)
+        loss, _ = paper(logps, torch.zeros_like(logps), adv, torch.ones_like(logps))
         pearson = np.corrcoef(rho.numpy(), rewards.numpy())[0, 1]
         assert loss.item() == pytest.approx(2 * (1 - pearson), rel=1e-10, abs=1e-12)
 
@@ -243,12 +258,12 @@ def test_zero_loss_for_positive_multiple_plus_group_constant(c):
         rho = c * adv + const
         mask = torch.ones(2 * G, 2)
         logps = torch.stack([rho / 2, rho / 2], 1)
-        loss, _ = reg_grpo_loss(logps, torch.zeros_like(logps), adv, mask, G)
+        loss, _ = paper(logps, torch.zeros_like(logps), adv, mask)
         assert loss.item() < tol
     # float32: same, up to rounding
     adv = group_advantages(rewards, G)
     logps = (c * adv + const.float())[:, None]
-    loss, _ = reg_grpo_loss(logps, torch.zeros_like(logps), adv, torch.ones_like(logps), G)
+    loss, _ = paper(logps, torch.zeros_like(logps), adv, torch.ones_like(logps))
     assert loss.item() < 1e-5
 
 
@@ -257,12 +272,12 @@ def test_7_gradcheck_float64():
     adv = group_advantages(rewards, G)
     lp = logps.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda x: reg_grpo_loss(x, old, adv, mask, G, ref_logps=ref, beta=0.1)[0], (lp,))
+        lambda x: paper(x, old, adv, mask, ref_logps=ref, beta=0.1)[0], (lp,))
     assert torch.autograd.gradcheck(
-        lambda x: grpo_loss(x, old, adv, mask, ref_logps=ref, beta=0.1, clip_eps=0.2)[0], (lp,))
+        lambda x: grpo(x, old, adv, mask, ref_logps=ref, beta=0.1, clip_eps=0.2)[0], (lp,))
     # floor regime (std rho < eps): Ahat is linear there
     lp0 = (old + 1e-6 * torch.randn_like(old)).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: reg_grpo_loss(x, old, adv, mask, G)[0], (lp0,), eps=1e-9)
+    assert torch.autograd.gradcheck(lambda x: paper(x, old, adv, mask)[0], (lp0,), eps=1e-9)
 
 
 def test_8_bf16_inputs_give_float32_loss():
@@ -270,7 +285,7 @@ def test_8_bf16_inputs_give_float32_loss():
     adv = group_advantages(rewards, G)
     lp16 = logps.bfloat16().requires_grad_(True)
     args16 = (old.bfloat16(), adv.bfloat16(), mask)
-    for fn, extra in ((reg_grpo_loss, (G,)), (grpo_loss, ())):
+    for fn, extra in ((paper, ()), (grpo, ())):
         loss, _ = fn(lp16, *args16, *extra, ref_logps=ref.bfloat16(), beta=0.1)
         assert loss.dtype == torch.float32
         want, _ = fn(lp16.detach().float(), old.bfloat16().float(), adv.bfloat16().float(), mask, *extra,
@@ -287,22 +302,22 @@ def test_kl_is_k3_and_zero_at_reference():
     ref = torch.tensor([[-1.5, -1.0]])
     mask = torch.ones(1, 2)
     adv = torch.zeros(1)
-    _, stats = grpo_loss(logps, logps, adv, mask, ref_logps=ref)
+    _, stats = grpo(logps, logps, adv, mask, 1, ref_logps=ref)
     hand = ((math.exp(-0.5) + 0.5 - 1) + (math.exp(1.0) - 1.0 - 1)) / 2
     assert stats["kl"] == pytest.approx(hand, rel=1e-6)
-    assert grpo_loss(logps, logps, adv, mask, ref_logps=logps)[1]["kl"] == 0.0
+    assert grpo(logps, logps, adv, mask, 1, ref_logps=logps)[1]["kl"] == 0.0
     # beta = 0 or no ref: the KL is not added
-    l0, _ = grpo_loss(logps, logps, adv, mask, ref_logps=ref, beta=0.0)
-    l1, _ = grpo_loss(logps, logps, adv, mask, ref_logps=ref, beta=0.5)
+    l0, _ = grpo(logps, logps, adv, mask, 1, ref_logps=ref, beta=0.0)
+    l1, _ = grpo(logps, logps, adv, mask, 1, ref_logps=ref, beta=0.5)
     assert l0.item() == pytest.approx(0.0) and l1.item() == pytest.approx(0.5 * hand, rel=1e-6)
 
 
 def test_stats_keys_are_floats():
     logps, old, ref, mask, rewards = _batch(dtype=torch.float32)
     adv = group_advantages(rewards, G)
-    _, s = reg_grpo_loss(logps, old, adv, mask, G, ref_logps=ref, beta=0.1)
+    _, s = paper(logps, old, adv, mask, ref_logps=ref, beta=0.1)
     assert {"loss", "reg_loss", "kl", "zero_adv_ratio", "pred_adv_std"} <= set(s)
-    _, s2 = grpo_loss(logps, old, adv, mask, ref_logps=ref, beta=0.1)
+    _, s2 = grpo(logps, old, adv, mask, ref_logps=ref, beta=0.1)
     assert {"loss", "pg_loss", "kl", "clip_frac", "zero_adv_ratio"} <= set(s2)
     assert all(type(v) is float for v in list(s.values()) + list(s2.values()))
     rho = ((logps - old) * mask).sum(1).view(-1, G)
@@ -313,20 +328,263 @@ def test_bad_shapes_raise_value_error_naming_shapes():
     logps, old, ref, mask, rewards = _batch(dtype=torch.float32)
     adv = group_advantages(rewards, G)
     with pytest.raises(ValueError, match=r"group_size=5 does not divide N=12"):
-        reg_grpo_loss(logps, old, adv, mask, 5)
+        reg_grpo_loss(logps, old, adv, mask, ids(12), group_size=5)
     with pytest.raises(ValueError, match=r"group_size=5 does not divide N=12"):
         group_advantages(rewards, 5)
     with pytest.raises(ValueError, match=r"old_logps.*\(12, 5\).*\(12, 4\)"):
-        reg_grpo_loss(logps, old[:, :4], adv, mask, G)
+        paper(logps, old[:, :4], adv, mask)
     with pytest.raises(ValueError, match=r"advantages must be \(N,\) = \(12,\), got \(11,\)"):
-        grpo_loss(logps, old, adv[:11], mask)
+        grpo(logps, old, adv[:11], mask)
     with pytest.raises(ValueError, match=r"mask.*got \(12, 6\)"):
-        grpo_loss(logps, old, adv, torch.ones(12, 6))
+        grpo(logps, old, adv, torch.ones(12, 6))
     with pytest.raises(ValueError, match=r"ref_logps"):
-        reg_grpo_loss(logps, old, adv, mask, G, ref_logps=ref[:6])
+        paper(logps, old, adv, mask, ref_logps=ref[:6])
     with pytest.raises(ValueError, match=r"logps must be \(N, T\), got shape \(12,\)"):
-        reg_grpo_loss(logps[:, 0], old[:, 0], adv, mask[:, 0], G)
+        paper(logps[:, 0], old[:, 0], adv, mask[:, 0])
     with pytest.raises(ValueError, match=r"rewards must be \(N,\)"):
         group_advantages(rewards.view(3, 4), G)
     with pytest.raises(ValueError, match=r"positive int"):
-        reg_grpo_loss(logps, old, adv, mask, 0)
+        reg_grpo_loss(logps, old, adv, mask, ids(12), group_size=0)
+    with pytest.raises(TypeError):  # the group size is no longer positional: ids are required
+        reg_grpo_loss(logps, old, adv, mask, G)
+    with pytest.raises(ValueError, match=r"group_ids must be an integer tensor of shape \(N,\) = \(12,\), got int"):
+        reg_grpo_loss(logps, old, adv, mask, G, group_size=G)
+    with pytest.raises(ValueError, match=r"form must be 'scaled' or 'paper'"):
+        reg(logps, old, adv, mask, form="literal")
+
+
+# ----------------------------------------------------------------------------- groups
+
+def test_group_ids_checked_in_every_loss():
+    logps, old, ref, mask, rewards = _batch(dtype=torch.float32)
+    adv = group_advantages(rewards, G)
+    calls = [lambda i: reg_grpo_loss(logps, old, adv, mask, i, group_size=G),
+             lambda i: grpo_loss(logps, old, adv, mask, i, group_size=G),
+             lambda i: rebel_loss(logps, old, rewards, mask, i, group_size=G)]
+    shuffled = ids(12)[torch.tensor([0, 4, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11])]  # TRL-style shuffle
+    for call in calls:
+        call(ids(12))
+        call(ids(12) * 7 + 3)  # any distinct ids
+        with pytest.raises(ValueError, match=r"rows 0\.\.3 hold group ids \[0, 1, 0, 0\].*sort the rows"):
+            call(shuffled)
+        with pytest.raises(ValueError, match=r"appears in two separate runs"):
+            call(torch.tensor([0] * 4 + [1] * 4 + [0] * 4))
+        with pytest.raises(ValueError, match=r"integer tensor"):
+            call(ids(12).float())
+        with pytest.raises(ValueError, match=r"shape \(N,\) = \(12,\), got \(11,\)"):
+            call(ids(11))
+    # a micro-batch holding half of each group of 4: ids run in pairs
+    with pytest.raises(ValueError, match=r"rows 0\.\.3 hold group ids \[0, 0, 1, 1\]"):
+        check_groups(torch.arange(12) // 2, 12, G)
+    check_groups(torch.arange(12) // 2, 12, 2)
+
+
+def test_grpo_zero_adv_ratio_counts_flat_groups_not_zero_answers():
+    # group 0 is mixed but two answers sit at its mean (A = 0): they are not a flat group
+    rewards = torch.tensor([0.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    adv = group_advantages(rewards, G)
+    assert (adv[[1, 3]] == 0).all()
+    logps, old, _, mask, _ = _batch(n_groups=2, dtype=torch.float32)
+    assert grpo(logps, old, adv, mask)[1]["zero_adv_ratio"] == 0.5
+    assert reg(logps, old, adv, mask)[1]["zero_adv_ratio"] == 0.5
+    assert rebel_loss(logps, old, rewards, mask, ids(8), group_size=G)[1]["zero_adv_ratio"] == 0.5
+    # a float mean can leave ~1e-4 in a flat group (TRL's advantages): still flat
+    assert grpo(logps, old, adv + torch.tensor([0.0] * 4 + [1e-4] * 4), mask)[1]["zero_adv_ratio"] == 0.5
+
+
+# ----------------------------------------------------------------------------- scaled form
+
+def _ref_scaled(rho, adv, eps):
+    """float64 reference of the scaled form on plain lists: (loss, dL/drho) with the weights held
+    constant, the gradient from the closed form -(1/N) (A_j - p z_j) (above the floor) or
+    -(1/N) (A_j - z_j) (at or below it), flat groups contributing nothing."""
+    n = len(rho)
+    loss, grad = 0.0, [0.0] * n
+    for g0 in range(0, n, G):
+        r, a = rho[g0:g0 + G], adv[g0:g0 + G]
+        if all(abs(x) <= 1e-3 for x in a):
+            continue
+        m = sum(r) / G
+        s = math.sqrt(sum((x - m) ** 2 for x in r) / G)
+        sf = max(s, eps)
+        z = [(x - m) / sf for x in r]
+        loss += sf / 2 * sum((ai - zi) ** 2 for ai, zi in zip(a, z)) / n
+        p = sum(ai * zi for ai, zi in zip(a, z)) / G if s > eps else 1.0
+        for j in range(G):
+            grad[g0 + j] = -(a[j] - p * z[j]) / n
+    return loss, grad
+
+
+@pytest.mark.parametrize("spread", [0.0, 3e-5, 2e-4, 0.5])  # rho = 0, below / just above the floor, well above
+def test_scaled_form_matches_float64_reference_with_gradient(spread):
+    g = torch.Generator().manual_seed(7)
+    n, t = 3 * G, 4
+    old = -torch.rand(n, t, generator=g, dtype=torch.float64) * 2
+    rho_target = spread * torch.randn(n, generator=g, dtype=torch.float64)
+    logps = (old + rho_target[:, None] / t).requires_grad_(True)
+    mask = torch.ones(n, t)
+    rewards = torch.tensor([0.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    adv = group_advantages(rewards, G)
+    loss, stats = reg(logps, old, adv, mask)
+    loss.backward()
+    rho = ((logps - old) * mask).sum(1).tolist()
+    want_loss, want_grad = _ref_scaled(rho, adv.tolist(), 1e-4)
+    assert loss.item() == pytest.approx(want_loss, rel=1e-9, abs=1e-15)
+    # rho is a sum over tokens: each token of row j gets dL/drho_j
+    torch.testing.assert_close(logps.grad, torch.tensor(want_grad, dtype=torch.float64)[:, None].expand(n, t),
+                               rtol=1e-7, atol=1e-12)
+    assert stats["zero_adv_ratio"] == pytest.approx(1 / 3)
+    assert (logps.grad[G:2 * G] == 0).all()  # the flat group is left out
+    if spread == 0.0:  # rho = 0: REINFORCE with the group-normalised advantage, -(1/N) A_j
+        torch.testing.assert_close(logps.grad[:, 0], -adv / n, rtol=1e-12, atol=0)
+        assert stats["floored_frac"] == 1.0 and stats["reg_loss"] == pytest.approx(
+            sum(1e-4 / 2 * float(a) ** 2 for a in adv) / n)
+
+
+def test_scaled_form_at_rho_zero_is_grpo_gradient_with_token_mean_and_paper_form_is_2_over_eps_times_it():
+    # tiny softmax policy; old = logps.detach(); rows of different lengths
+    torch.manual_seed(0)
+    n, t, vocab = 2 * G, 5, 6
+    theta = torch.randn(t, vocab, requires_grad=True)
+    tokens = torch.randint(0, vocab, (n, t))
+    mask = torch.ones(n, t)
+    mask[0, 3:] = 0
+    mask[5, 1:] = 0
+
+    def grad_of(fn):
+        theta.grad = None
+        logps = torch.log_softmax(theta, -1)[torch.arange(t), tokens]  # (N, T)
+        fn(logps, logps.detach()).backward()
+        return theta.grad.clone()
+
+    adv = group_advantages(torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0, 1.0, 0.0, 1.0]), G)
+    g_grpo = grad_of(lambda lp, old: grpo(lp, old, adv, mask)[0])
+    g_scaled_mean = grad_of(lambda lp, old: reg(lp, old, adv, mask, token_mean=True)[0])
+    torch.testing.assert_close(g_scaled_mean, g_grpo, rtol=1e-5, atol=1e-7)
+    # sum: -(1/N) sum_j A_j grad sum_t logp_jt;  paper: 2 / eps times that
+    g_pg = grad_of(lambda lp, old: -(adv * (lp * mask).sum(1)).sum() / n)
+    torch.testing.assert_close(grad_of(lambda lp, old: reg(lp, old, adv, mask)[0]), g_pg, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad_of(lambda lp, old: paper(lp, old, adv, mask)[0]), 2 / 1e-4 * g_pg,
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_scaled_form_keeps_the_stationary_points_and_the_ranking_direction():
+    rewards = torch.tensor([0.0, 1.0, 1.0, 2.0, 2.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    adv = group_advantages(rewards, G, eps=0.0)
+    mask = torch.ones(2 * G, 1, dtype=torch.float64)
+    for c in (1e-3, 0.7):  # rho = c * A + const: loss and gradient 0 in both forms
+        logps = (c * adv + 5.0)[:, None].clone().requires_grad_(True)
+        for fn in (reg, paper):
+            logps.grad = None
+            loss, _ = fn(logps, torch.zeros_like(logps), adv, mask)
+            loss.backward()
+            assert loss.item() < 1e-20 and logps.grad.abs().max() < 1e-9
+    # elsewhere the two gradients point the same way in each group (a positive per-group factor)
+    g = torch.Generator().manual_seed(1)
+    logps = (0.3 * torch.randn(2 * G, 1, generator=g, dtype=torch.float64)).requires_grad_(True)
+    grads = []
+    for fn in (reg, paper):
+        logps.grad = None
+        fn(logps, torch.zeros_like(logps), adv, mask)[0].backward()
+        grads.append(logps.grad.view(2, G).clone())
+    for a, b in zip(*grads):
+        assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 1 - 1e-12
+
+
+def test_paper_form_flat_group_below_floor_pulls_hard_scaled_form_ignores_it():
+    rho = torch.tensor([3e-6, -3e-6, 1e-6, -1e-6, 0.3, -0.2, 0.1, -0.2], dtype=torch.float64)
+    adv = group_advantages(torch.tensor([1.0] * 4 + [1.0, 0.0, 1.0, 0.0]), G).double()
+    out = {}
+    for name, fn in (("paper", paper), ("scaled", reg)):
+        logps = rho[:, None].clone().requires_grad_(True)
+        fn(logps, torch.zeros_like(logps), adv, torch.ones_like(logps))[0].backward()
+        out[name] = logps.grad[:, 0]
+    # paper: (2 / N) z_j / eps with z_j = rho_j / eps, e.g. row 0: 2/8 * 0.03 / 1e-4 = 75
+    assert out["paper"][0].item() == pytest.approx(2 / 8 * 3e-6 / 1e-8, rel=1e-9)
+    assert out["paper"][:G].abs().max() > 10 * out["paper"][G:].abs().max()
+    assert (out["scaled"][:G] == 0).all() and out["scaled"][G:].abs().max() > 0
+
+
+def test_scaled_gradcheck_float64_where_the_weight_is_constant():
+    # the weight is detached: gradcheck holds with the weight's own gradient left out, i.e. on the
+    # loss as a function of logps with std held at its value; check it in the floor regime where the
+    # weight is exactly eps and so truly constant
+    logps, old, ref, mask, rewards = _batch(n_groups=2, t=4)
+    adv = group_advantages(rewards, G)
+    lp0 = (old + 1e-6 * torch.randn_like(old)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: reg(x, old, adv, mask, ref_logps=ref, beta=0.1)[0], (lp0,), eps=1e-9)
+
+
+def test_scaled_loss_and_kl_against_float64_reference_with_padding_and_bf16():
+    logps, old, ref, mask, rewards = _batch()
+    adv = group_advantages(rewards, G)
+    loss, stats = reg(logps, old, adv, mask, ref_logps=ref, beta=0.1)
+    rho = ((logps - old) * mask).sum(1).tolist()
+    want, _ = _ref_scaled(rho, adv.tolist(), 1e-4)
+    kl = _ref_k3(logps.numpy(), ref.numpy(), mask.numpy())
+    assert stats["reg_loss"] == pytest.approx(want, rel=1e-10)
+    assert loss.item() == pytest.approx(want + 0.1 * kl, rel=1e-10)
+    informative = [i for i in range(12) if any(abs(float(a)) > 1e-3 for a in adv[i // G * G:i // G * G + G])]
+    mse = paper(logps, old, adv, mask)[1]["mse"]
+    assert stats["mse"] == pytest.approx(mse) and mse == pytest.approx(
+        sum((float(adv[i]) - _z(rho, i)) ** 2 for i in informative) / len(informative), rel=1e-10)
+    lp16 = logps.float().bfloat16().requires_grad_(True)
+    l16, _ = reg(lp16, old.bfloat16(), adv.float(), mask, ref_logps=ref.bfloat16(), beta=0.1)
+    assert l16.dtype == torch.float32
+    l16.backward()
+    assert lp16.grad.dtype == torch.bfloat16 and torch.isfinite(lp16.grad.float()).all()
+
+
+def _z(rho, i):
+    grp = rho[i // G * G:i // G * G + G]
+    m = sum(grp) / G
+    return (rho[i] - m) / max(math.sqrt(sum((r - m) ** 2 for r in grp) / G), 1e-4)
+
+
+# ----------------------------------------------------------------------------- REBEL
+
+def _ref_rebel(rho, rewards, eta):
+    total, count = 0.0, 0
+    for g0 in range(0, len(rho), G):
+        for i in range(g0, g0 + G):
+            for j in range(i + 1, g0 + G):
+                total += ((rho[i] - rho[j]) / eta - (rewards[i] - rewards[j])) ** 2
+                count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("spread,eta", [(0.0, 1.0), (1.0, 1.0), (1.0, 0.3)])
+def test_rebel_matches_float64_brute_force_with_gradient(spread, eta):
+    logps, old, ref, mask, rewards = _batch(spread=spread) if spread else _batch()
+    if spread == 0.0:
+        logps = old.clone()
+    lp = logps.clone().requires_grad_(True)
+    loss, stats = rebel_loss(lp, old, rewards, mask, ids(12), group_size=G, eta=eta, ref_logps=ref, beta=0.1)
+    loss.backward()
+    rho = ((logps - old) * mask).sum(1).tolist()
+    r = rewards.tolist()
+    kl = _ref_k3(logps.numpy(), ref.numpy(), mask.numpy())
+    assert stats["reg_loss"] == pytest.approx(_ref_rebel(rho, r, eta), rel=1e-10)
+    assert loss.item() == pytest.approx(_ref_rebel(rho, r, eta) + 0.1 * kl, rel=1e-10)
+    # gradient of the regression term by central differences on the brute force, per row's rho
+    lp2 = logps.clone().requires_grad_(True)
+    rebel_loss(lp2, old, rewards, mask, ids(12), group_size=G, eta=eta)[0].backward()
+    h = 1e-6
+    for j in range(12):
+        up, down = list(rho), list(rho)
+        up[j] += h
+        down[j] -= h
+        d = (_ref_rebel(up, r, eta) - _ref_rebel(down, r, eta)) / (2 * h)
+        assert lp2.grad[j][mask[j] > 0] == pytest.approx([d] * int(mask[j].sum()), rel=1e-6, abs=1e-9)
+        assert (lp2.grad[j][mask[j] == 0] == 0).all()
+    if spread == 0.0:  # rho = 0: -(4 G / ((G - 1) eta N)) (r_j - mean_g r)
+        centred = rewards.view(-1, G) - rewards.view(-1, G).mean(1, keepdim=True)
+        torch.testing.assert_close(lp2.grad[:, 0], -(4 * G / ((G - 1) * eta * 12)) * centred.view(-1))
+
+
+def test_rebel_needs_pairs_and_raw_reward_shape():
+    logps, old, _, mask, rewards = _batch(dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"group_size must be >= 2"):
+        rebel_loss(logps, old, rewards, mask, torch.arange(12), group_size=1)
+    with pytest.raises(ValueError, match=r"rewards must be \(N,\) = \(12,\)"):
+        rebel_loss(logps, old, rewards[:4], mask, ids(12), group_size=G)

@@ -29,7 +29,7 @@ def sft_weights(tiny):
     return policy.state_dict()
 
 
-@pytest.mark.parametrize("loss", ["reg_grpo", "grpo"])
+@pytest.mark.parametrize("loss", ["reg_grpo", "grpo", "rebel"])
 def test_few_steps_train_each_loss(tiny, tmp_path, loss):
     out = tmp_path / loss
     run(train_args(tiny, out, f"--loss={loss}", "--max_steps=3", "--checkpoint_interval=3"))
@@ -47,6 +47,11 @@ def test_few_steps_train_each_loss(tiny, tmp_path, loss):
     assert not any("visual" in k for k in changed), "the frozen vision tower changed"
     summary = json.load(open(out / "summary.json"))
     assert 0.0 <= summary["val_accuracy_end"] <= 1.0
+    # sampled and trained-on zero-advantage ratios averaged over the same steps (3 steps: last 20% = 1)
+    for key, col, part in (("zero_adv_sampled", "zero_adv_before", rows), ("zero_adv_trained", "zero_adv_after", rows),
+                           ("zero_adv_sampled_last", "zero_adv_before", rows[-1:]),
+                           ("zero_adv_trained_last", "zero_adv_after", rows[-1:])):
+        assert summary[key] == pytest.approx(sum(r[col] for r in part) / len(part)), key
 
 
 def test_resume_reproduces_the_next_step(tiny, tmp_path):
