@@ -26,7 +26,7 @@ out_file = ""                 # default: <model folder>/eval_<split>.json
 max_samples = 0               # 0: all
 samples_per_question = 1      # 1: greedy; n > 1: n answers at `temperature`, accuracy averaged
 temperature = 1.0
-batch_size = 16
+batch_size = 64              # questions per generate call; wider is faster on CPU, same greedy answers
 max_new_tokens = 64
 num_frames = 8
 max_pixels = 112 * 112
@@ -45,7 +45,7 @@ def difficulty_bucket(record):
 
 
 @torch.no_grad()
-def evaluate(policy, processor, samples, batch_size=16, max_new_tokens=64, samples_per_question=1,
+def evaluate(policy, processor, samples, batch_size=64, max_new_tokens=64, samples_per_question=1,
              temperature=1.0, fps=2.0, rank=0, world_size=1):
     """Accuracy and format rate over `samples` (records with decoded "frames").
 
