@@ -26,6 +26,7 @@ out_file = ""                 # default: <model folder>/eval_<split>.json
 max_samples = 0               # 0: all
 samples_per_question = 1      # 1: greedy; n > 1: n answers at `temperature`, accuracy averaged
 temperature = 1.0
+sampler = "auto"              # fast (sampler.py) | hf (transformers' generate) | auto (fast)
 batch_size = 64              # questions per generate call; wider is faster on CPU, same greedy answers
 max_new_tokens = 64
 num_frames = 8
@@ -46,7 +47,7 @@ def difficulty_bucket(record):
 
 @torch.no_grad()
 def evaluate(policy, processor, samples, batch_size=64, max_new_tokens=64, samples_per_question=1,
-             temperature=1.0, fps=2.0, rank=0, world_size=1):
+             temperature=1.0, fps=2.0, rank=0, world_size=1, sampler="auto"):
     """Accuracy and format rate over `samples` (records with decoded "frames").
 
     Under torchrun each rank answers a strided shard and the counts are summed; every rank runs the
@@ -63,7 +64,7 @@ def evaluate(policy, processor, samples, batch_size=64, max_new_tokens=64, sampl
         rollout = generate_rollout(policy, processor, batch, [s["frames"] for s in batch],
                                    samples_per_question, max_new_tokens=max_new_tokens,
                                    temperature=temperature, fps=fps, greedy=greedy,
-                                   synced_gpus=world_size > 1)
+                                   synced_gpus=world_size > 1, sampler=sampler)
         acc = rollout.accuracy.view(len(batch), -1).mean(1)
         fmt = rollout.format.view(len(batch), -1).mean(1)
         for s, a, f in list(zip(batch, acc.tolist(), fmt.tolist()))[:real]:
@@ -119,7 +120,7 @@ def main():
         records = records[:max_samples]
     samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels)
     results = evaluate(policy, processor, samples, batch_size, max_new_tokens, samples_per_question,
-                       temperature, fps)
+                       temperature, fps, sampler=sampler)
     print(format_table(results))
     split = os.path.splitext(os.path.basename(data))[0]
     target = out_file or os.path.join(os.path.dirname(model) if model.endswith(".pt") else

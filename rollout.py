@@ -23,6 +23,7 @@ import torch
 from dataset import format_question
 from difficulty import make_easier_prompt
 from model import completion_logps, vision_token_ids
+from sampler import resolve as resolve_sampler, sample
 
 SYSTEM_PROMPT = (
     "You answer questions about a video. First think about what happens in the video inside "
@@ -237,36 +238,42 @@ def gathered_for_generation(model):
 
 @torch.no_grad()
 def generate_rollout(model, processor, records, videos, group_size, hints=None, max_new_tokens=64,
-                     temperature=1.0, top_p=1.0, fps=2.0, greedy=False, synced_gpus=False):
+                     temperature=1.0, top_p=1.0, fps=2.0, greedy=False, synced_gpus=False, sampler="auto"):
     """Sample `group_size` answers for each (record, video) and score them.
 
+    sampler: "fast" (sampler.py: one prefill per prompt, our compiled decode step), "hf" (transformers'
+    generate over the B * G repeated prompts, the reference), "auto" (sampler.resolve).
     Vision placeholder tokens are suppressed at sampling time: a sampled <|video_pad|> would make
     the next forward fail with "video features and video tokens do not match".
     """
     hints = hints or [""] * len(records)
-    prompt = repeat_batch(encode_prompts(processor, records, videos, hints, fps=fps), group_size)
-    prompt = to_device(prompt, model.device)
+    prompt = encode_prompts(processor, records, videos, hints, fps=fps)          # B rows, cpu
     was_training = model.training
     model.eval()
     tok = processor.tokenizer
     end_id = tok.convert_tokens_to_ids("<|im_end|>")
-    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature,
-                                                     "top_p": top_p, "top_k": 0}
     with gathered_for_generation(model):
-        sequences = model.generate(
-            **prompt, **sampling, max_new_tokens=max_new_tokens,
-            suppress_tokens=vision_token_ids(processor), eos_token_id=end_id,
-            pad_token_id=tok.pad_token_id, synced_gpus=synced_gpus)
+        if resolve_sampler(sampler, model.device) == "fast":
+            completion = sample(model, to_device(prompt, model.device), group_size, max_new_tokens, end_id,
+                                tok.pad_token_id, vision_token_ids(processor), temperature, top_p, greedy)
+        else:
+            repeated = to_device(repeat_batch(prompt, group_size), model.device)
+            sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature,
+                                                             "top_p": top_p, "top_k": 0}
+            sequences = model.generate(
+                **repeated, **sampling, max_new_tokens=max_new_tokens,
+                suppress_tokens=vision_token_ids(processor), eos_token_id=end_id,
+                pad_token_id=tok.pad_token_id, synced_gpus=synced_gpus)
+            completion = sequences[:, repeated["input_ids"].shape[1]:]
     model.train(was_training)
-    P = prompt["input_ids"].shape[1]
-    completion = sequences[:, P:].cpu()                                      # (N, T)
+    completion = completion.cpu()                                            # (N, T)
     completion_mask = completion_mask_until(completion, end_id)
     completion = completion.masked_fill(completion_mask == 0, tok.pad_token_id)
     texts = tok.batch_decode(completion.masked_fill(completion == end_id, tok.pad_token_id),
                              skip_special_tokens=True)
     group_records = [r for r in records for _ in range(group_size)]
     accuracy, fmt = score_completions(texts, group_records)
-    batch = join_prompt_completion(to_device(prompt, "cpu"), completion, completion_mask)
+    batch = join_prompt_completion(repeat_batch(prompt, group_size), completion, completion_mask)
     return Rollout(batch.pop("input_ids"), batch.pop("attention_mask"), batch.pop("completion_mask"),
                    visual=batch, texts=texts, accuracy=accuracy, format=fmt)
 

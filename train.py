@@ -75,6 +75,7 @@ replay_capacity = 32          # group_replay: informative groups kept for reuse
 max_new_tokens = 48
 temperature = 1.0
 top_p = 1.0
+sampler = "auto"              # fast (sampler.py) | hf (transformers' generate) | auto: fast
 num_frames = 8
 max_pixels = 112 * 112
 fps = 2.0
@@ -210,7 +211,7 @@ def sample_groups(policy, processor, prompts, videos, hints=None, synced=False):
     """G answers per prompt with the sampling settings above, scored."""
     return generate_rollout(policy, processor, prompts, videos, group_size, hints=hints,
                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            fps=fps, synced_gpus=synced)
+                            fps=fps, synced_gpus=synced, sampler=sampler)
 
 
 def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
@@ -395,7 +396,7 @@ def main():
     def run_eval():
         with autocast():
             results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, fps=fps,
-                               rank=rank, world_size=world_size)
+                               rank=rank, world_size=world_size, sampler=sampler)
         history.append({"step": step, "answers_generated": answers_generated,
                         "val_accuracy": results["all"]["accuracy"], "val_format": results["all"]["format"]})
         if master:

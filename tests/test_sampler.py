@@ -1,0 +1,181 @@
+"""sampler.py against transformers (float32, CPU, tiny Qwen2.5-VL): same greedy tokens as generate, the
+same logits as a teacher-forced forward at every step, suppression, top-p, the drawn frequencies, and
+rho = 0 on the first update of a rollout it sampled."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sampler
+from dataset import load_records, load_samples
+from model import build_tiny, completion_logps, load_policy, vision_token_ids
+from rollout import generate_rollout, repeat_batch
+
+QUESTIONS = ["Which way?", "How many circles appear in the whole video clip, and which one comes first?",
+             "Red square moves left"]
+
+
+@pytest.fixture(scope="module")
+def policy():
+    model, processor = build_tiny(texts=["The red square moves left. How many circles appear?"] * 10, seed=0)
+    return model.eval(), processor
+
+
+def prompts(processor, questions=QUESTIONS, seed=0):
+    """Left-padded batch of prompts of different lengths, each with its own video (one of another size)."""
+    rng = np.random.default_rng(seed)
+    sizes = [(8, 112, 112), (6, 168, 112), (8, 112, 112)]
+    videos = [rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8) for t, h, w in sizes[:len(questions)]]
+    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}],
+                                           add_generation_prompt=True, tokenize=False) for q in questions]
+    meta = [{"total_num_frames": len(v), "fps": 2.0} for v in videos]
+    return dict(processor(text=texts, videos=videos, video_metadata=meta, return_tensors="pt", padding=True,
+                          padding_side="left", do_sample_frames=False))
+
+
+def ids(processor):
+    tok = processor.tokenizer
+    return tok.pad_token_id, vision_token_ids(processor)
+
+
+def teacher_forced_logits(model, prompt, completion):
+    """transformers' forward over prompt + completion: (N, T, V) logits predicting completion token t."""
+    batch = {k: v for k, v in prompt.items() if k != "mm_token_type_ids"}
+    batch["input_ids"] = torch.cat([prompt["input_ids"], completion], 1)
+    batch["attention_mask"] = torch.cat([prompt["attention_mask"], torch.ones_like(completion)], 1)
+    types = torch.zeros_like(batch["input_ids"], dtype=torch.int32)
+    types[batch["input_ids"] == model.config.video_token_id] = 2
+    with torch.no_grad():
+        logits = model(**batch, mm_token_type_ids=types).logits
+    P = prompt["input_ids"].shape[1]
+    return logits[:, P - 1:-1].float()
+
+
+def test_greedy_matches_generate_with_rows_ending_at_different_steps(policy):
+    model, processor = policy
+    pad, suppress = ids(processor)
+    prompt = prompts(processor)
+    assert len(set(prompt["attention_mask"].sum(1).tolist())) == 3           # three prompt lengths
+    free = sampler.sample(model, prompt, 2, 12, None, pad, suppress, greedy=True)
+    end = int(free[-1, 2])            # a token the last prompt emits early: its rows end, others later/never
+    ours = sampler.sample(model, prompt, 2, 12, end, pad, suppress, greedy=True)
+    repeated = repeat_batch(prompt, 2)
+    theirs = model.generate(**repeated, do_sample=False, max_new_tokens=12, suppress_tokens=suppress,
+                            eos_token_id=end, pad_token_id=pad)[:, repeated["input_ids"].shape[1]:]
+    assert (ours == end).any() and (ours == pad).any()                     # ended rows pad
+    assert torch.equal(ours, theirs)
+    everyone_ends = sampler.sample(model, prompt, 2, 12, int(free[0, 0]), pad, suppress, greedy=True)
+    assert everyone_ends.shape[1] == 1                                      # stopped and trimmed
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.8)])
+def test_every_step_has_transformers_logits_and_distribution(policy, temperature, top_p):
+    """Sampled rows of left-padded prompts: our step's logits = a teacher-forced forward to 1e-5.
+
+    The forward computes the 3D rope index over prompt + completion with its padding, so this also
+    checks that rope_deltas already absorbs the left padding (positions after the prompt agree).
+    """
+    model, processor = policy
+    pad, suppress = ids(processor)
+    prompt = prompts(processor)
+    gen = torch.Generator().manual_seed(1)
+    out, logits = sampler.sample(model, prompt, 3, 10, None, pad, suppress, temperature=temperature,
+                                 top_p=top_p, keep_logits=True, generator=gen)
+    ours = torch.stack(logits, 1)                                           # (N, T, V)
+    theirs = teacher_forced_logits(model, repeat_batch(prompt, 3), out)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert not torch.isin(out, torch.tensor(suppress)).any()
+    # each drawn token lies in the nucleus: the tokens more likely than it hold < top_p (float64)
+    z = theirs.double() / temperature
+    z[..., suppress] = -math.inf
+    p = z.softmax(-1)
+    drawn = p.gather(-1, out[..., None])                                    # (N, T, 1)
+    assert (drawn > 0).all()
+    assert ((p * (p > drawn)).sum(-1) < top_p + 1e-9).all()
+
+
+def test_nucleus_matches_transformers_top_p_and_keeps_the_mass():
+    from transformers.generation.logits_process import TopPLogitsWarper
+    z = torch.randn(64, 50, generator=torch.Generator().manual_seed(0)) * 3
+    for top_p in (0.3, 0.8, 0.95):
+        ours = sampler.nucleus(z, top_p)
+        torch.testing.assert_close(ours, TopPLogitsWarper(top_p)(None, z.clone()), rtol=0, atol=0)
+        kept = torch.isfinite(ours)
+        p = z.double().softmax(-1)
+        assert ((p * kept).sum(-1) >= top_p - 1e-6).all()                    # the kept mass reaches top_p
+        smallest = torch.where(kept, p, math.inf).min(-1).values
+        assert ((p * kept).sum(-1) - smallest < top_p + 1e-6).all()          # and no kept token is spare
+
+
+def test_first_token_frequencies_follow_the_distribution():
+    """6000 draws of the first token at temperature 0.7, top-p 0.9: a chi-square bound (fixed seed).
+
+    The random model's head is scaled by 6 so that the nucleus is a few dozen tokens (a flat
+    distribution would not tell temperature 0.7 from 1.0: with this one, 1.0 gives chi2 ~ 4800).
+    """
+    model, processor = build_tiny(texts=["The red square moves left. How many circles appear?"] * 10, seed=0)
+    model.eval().lm_head.weight.data *= 6
+    pad, suppress = ids(processor)
+    prompt = prompts(processor, QUESTIONS[:1])
+    gen = torch.Generator().manual_seed(0)
+    out, logits = sampler.sample(model, prompt, 6000, 1, None, pad, suppress, temperature=0.7, top_p=0.9,
+                                 keep_logits=True, generator=gen)
+    z = logits[0][0].double() / 0.7
+    z[suppress] = -math.inf
+    p = z.softmax(-1)
+    order = p.argsort(descending=True)
+    keep = torch.zeros_like(p, dtype=torch.bool)
+    keep[order[:int((p[order].cumsum(0) < 0.9).sum()) + 1]] = True         # the nucleus, by hand
+    expected = torch.where(keep, p, 0.0) / (p * keep).sum() * out.numel()
+    counts = torch.bincount(out.flatten(), minlength=len(p)).double()
+    assert counts[~keep].sum() == 0
+    big = expected >= 5
+    rest = keep & ~big
+    obs = torch.cat([counts[big], counts[rest].sum()[None]] if rest.any() else [counts[big]])
+    exp = torch.cat([expected[big], expected[rest].sum()[None]] if rest.any() else [expected[big]])
+    chi2, df = float(((obs - exp) ** 2 / exp).sum()), len(obs) - 1
+    assert df >= 5 and chi2 < df + 6 * math.sqrt(2 * df), (chi2, df)          # ~ a 1e-5 tail
+
+
+@pytest.fixture(scope="module")
+def sft_policy(tiny):
+    model, processor = load_policy(str(tiny["sft"]))
+    samples = load_samples(load_records(tiny["data"] / "val.jsonl")[:4], num_frames=8, max_pixels=112 * 112,
+                           log=lambda *a: None)
+    return model, processor, samples
+
+
+def test_fast_and_hf_rollouts_agree_greedy(sft_policy):
+    model, processor, samples = sft_policy
+    frames = [s["frames"] for s in samples]
+    fast = generate_rollout(model, processor, samples, frames, 2, max_new_tokens=48, greedy=True, sampler="fast")
+    hf = generate_rollout(model, processor, samples, frames, 2, max_new_tokens=48, greedy=True, sampler="hf")
+    assert fast.completion_mask.sum(1).min() < fast.completion_mask.shape[1]  # some answer ended early
+    assert fast.texts == hf.texts
+    for key in ("input_ids", "attention_mask", "completion_mask", "accuracy", "format"):
+        assert torch.equal(getattr(fast, key), getattr(hf, key)), key
+    for key in fast.visual:
+        assert torch.equal(fast.visual[key], hf.visual[key]), key
+
+
+def test_first_update_has_rho_zero_exactly(sft_policy):
+    """Old log-probs and the policy's log-probs both come from completion_logps: rho = 0 on pass one."""
+    model, processor, samples = sft_policy
+    torch.manual_seed(0)
+    rollout = generate_rollout(model, processor, samples, [s["frames"] for s in samples], 4,
+                               max_new_tokens=32, temperature=1.0, sampler="fast")
+    batch = rollout.logp_batch()
+    with torch.no_grad():
+        old = completion_logps(model, batch)
+    new = completion_logps(model.train(), batch)
+    model.eval()
+    assert new.requires_grad and torch.equal(new.detach(), old)
+    assert rollout.completion_mask.sum() > 0
+
+
+def test_resolve_names_the_setting():
+    assert sampler.resolve("hf", torch.device("cpu")) == "hf"
+    assert sampler.resolve("auto", torch.device("cpu")) in ("fast", "hf")
+    with pytest.raises(ValueError, match="sampler"):
+        sampler.resolve("vllm", torch.device("cpu"))
