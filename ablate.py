@@ -21,8 +21,11 @@ Learning-rate rule, fixed before the final runs and the same for every arm: for 
 in `lr_grid[loss]` trains once (seed 100, no augmentation) on the same budget; the rate with the
 best mean accuracy over that run's evaluations after the start wins, measured on a *selection* split
 (a synthetic split made with another seed, never the validation set reported below). Arms use their
-loss's winner. Outputs in `out_dir`: results.json (every run), results.md (mean +- std over seeds),
-ablation.png (validation accuracy and zero-advantage ratio against answers generated).
+loss's winner (a one-value grid fixes the rate instead). Runs go seed by seed, every arm of a seed
+before the next seed, and the outputs are rewritten after each seed: results.json (every run),
+results.md (mean +- std over seeds, then the paired difference per seed of the arms the paper
+compares, with a 95% t interval and whether it excludes 0), ablation.png (validation accuracy and
+zero-advantage ratio against answers generated).
 """
 import json
 import os
@@ -145,6 +148,44 @@ def fmt(values, digits=3):
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+# Two-sided 95% quantiles of Student's t with n - 1 degrees of freedom (n = seeds), for paired intervals.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+        10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}
+PAIRS = (("reg_grpo", "grpo"), ("reg_grpo", "rebel"), ("reg_grpo", "reg_grpo_paper"),
+         ("reg_grpo+aug", "reg_grpo"), ("reg_grpo+aug", "grpo"), ("grpo", "sft"), ("reg_grpo", "sft"))
+
+
+def paired_differences(runs):
+    """
+    Per pair of arms (a, b) present: d_s = final_acc(a, seed s) - final_acc(b, seed s) over the seeds both
+    ran (same seed: same SFT start, same prompts drawn until the runs diverge), with the paired 95%
+    interval mean(d) +- t_{0.975, n-1} * sd(d) / sqrt(n). "shown" when the interval excludes 0.
+    """
+    by = {(r["arm"], r["seed"]): r["final_accuracy"] for r in runs}
+    out = []
+    for a, b in PAIRS:
+        common = sorted(s for (arm, s) in by if arm == a and (b, s) in by)
+        if len(common) < 2:
+            continue
+        d = [by[(a, s)] - by[(b, s)] for s in common]
+        n, m, sd = len(d), statistics.mean(d), statistics.stdev(d)
+        t = T975[max(k for k in T975 if k <= n - 1)]       # conservative for df between table rows
+        half = t * sd / n ** 0.5
+        out.append({"a": a, "b": b, "seeds": common, "differences": d, "mean": m, "ci95": [m - half, m + half],
+                    "shown": (m - half > 0) or (m + half < 0)})
+    return out
+
+
+def paired_table(pairs):
+    lines = ["| difference | seeds | per seed | mean | 95% interval | shown? |", "|---|---|---|---|---|---|"]
+    for p in pairs:
+        per = " ".join(f"{x:+.3f}" for x in p["differences"])
+        verdict = ("yes, " + ("a > b" if p["mean"] > 0 else "a < b")) if p["shown"] else "no"
+        lines.append(f"| {p['a']} - {p['b']} | {len(p['seeds'])} | {per} | {p['mean']:+.3f} | "
+                     f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {verdict} |")
+    return "\n".join(lines)
+
+
 def markdown_table(runs, chosen):
     cols = [("final val acc", "final_accuracy", 3),
             ("zero-adv (sampled)", "zero_adv_before", 2), ("zero-adv (trained on)", "zero_adv_after", 2),
@@ -161,7 +202,7 @@ def markdown_table(runs, chosen):
         lr = f"{rs[0]['learning_rate']:g}" if rs[0]["learning_rate"] else "-"
         lines.append(f"| {arm} | {lr} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"{len(seeds)} seeds per arm, mean ± std; learning rates chosen per loss: "
+    lines.append(f"{len({r['seed'] for r in runs})} seeds per arm, mean ± std; learning rates chosen per loss: "
                  + ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
     return "\n".join(lines)
 
@@ -225,8 +266,8 @@ def main():
     chosen, trials = select_learning_rates(budget)
     print(f"learning rates chosen: {chosen}")
     runs = []
-    for arm in arms:
-        for seed in seeds:
+    for seed in seeds:                                        # seed-major: every finished seed is a full pairing
+        for arm in arms:
             run_dir = os.path.join(out_dir, arm.replace("+", "_"), f"seed{seed}")
             if arm == "sft":
                 record = sft_record(seed)
@@ -237,15 +278,21 @@ def main():
                 record = run_record(arm, seed, lr, summary, log)
             runs.append(record)
             print(f"  {arm:18s} seed {seed}: final {record['final_accuracy']:.3f}", flush=True)
-    table = markdown_table(runs, chosen)
+        write_results(config, budget, trials, chosen, runs, t0)   # after every seed: a stop loses one seed at most
+
+
+def write_results(config, budget, trials, chosen, runs, t0):
+    pairs = paired_differences(runs)
+    table = markdown_table(runs, chosen) + ("\n\nPaired differences of final validation accuracy (a - b):\n\n"
+                                           + paired_table(pairs) if pairs else "")
     result = {"config": config, "budget": budget, "lr_selection": trials, "learning_rates": chosen,
-              "runs": runs, "seconds": time.time() - t0}
+              "runs": runs, "paired_differences": pairs, "seconds": time.time() - t0}
     json.dump(result, open(os.path.join(out_dir, "results.json"), "w"), indent=2)
     open(os.path.join(out_dir, "results.md"), "w").write(table + "\n")
     png = plot(runs, os.path.join(out_dir, "ablation.png"))
     print(table)
     print(f"wrote {out_dir}/results.json, results.md" + (f", {png}" if png else "")
-          + f" in {time.time() - t0:.0f}s")
+          + f" in {time.time() - t0:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,3 +28,19 @@ def test_ablation_driver_writes_every_arm(tiny, tmp_path):
     assert "final val acc" in table and "zero-adv" in table
     assert "best" not in table  # no maximum over evaluations on the reported (test) split
     assert "wrote" in proc.stdout
+
+
+def test_paired_differences_match_a_hand_computed_t_interval():
+    from ablate import paired_differences
+    runs = [{"arm": a, "seed": s, "final_accuracy": v} for a, s, v in [
+        ("grpo", 0, 0.40), ("grpo", 1, 0.50), ("grpo", 2, 0.45),
+        ("reg_grpo", 0, 0.43), ("reg_grpo", 1, 0.52), ("reg_grpo", 2, 0.49), ("reg_grpo", 3, 0.9)]]
+    (pair,) = [p for p in paired_differences(runs) if (p["a"], p["b"]) == ("reg_grpo", "grpo")]
+    # d = 0.03, 0.02, 0.04 (seed 3 has no grpo run): mean 0.03, sd 0.01, t(2) = 4.303, half 0.0248
+    assert pair["seeds"] == [0, 1, 2]
+    assert abs(pair["mean"] - 0.03) < 1e-12
+    assert abs(pair["ci95"][0] - (0.03 - 4.303 * 0.01 / 3 ** 0.5)) < 1e-9
+    assert pair["shown"]
+    runs += [{"arm": "rebel", "seed": s, "final_accuracy": v} for s, v in [(0, 0.40), (1, 0.55), (2, 0.47)]]
+    (pair,) = [p for p in paired_differences(runs) if p["b"] == "rebel"]
+    assert not pair["shown"]                   # d = 0.03, -0.03, 0.02: the interval holds 0
