@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 
-from configurator import configure
+from configurator import choice_problem, configure, writable_dir
 
 # -----------------------------------------------------------------------------
 out_dir = "out/ablation"
@@ -68,13 +68,49 @@ ARM_SETTINGS = {
 }
 
 
+def setting_problems(c):
+    """Ranges, and every arm's train.py settings checked by train.py's own rules before any run."""
+    unknown_arms = [a for a in c["arms"] if a != "sft" and a not in ARM_SETTINGS]
+    return [
+        (not unknown_arms, "arms: " + "; ".join(choice_problem("arm", a, ["sft", *ARM_SETTINGS])
+                                                 for a in unknown_arms)),
+        (len(c["seeds"]) >= 1 and all(isinstance(s, int) for s in c["seeds"]),
+         f"seeds={c['seeds']!r}: need a tuple of one or more integers"),
+        (c["answers_budget"] >= 1, f"answers_budget={c['answers_budget']}: need >= 1"),
+        (c["eval_every"] >= 1, f"eval_every={c['eval_every']}: need >= 1"),
+        (c["eval_samples"] >= 1, f"eval_samples={c['eval_samples']}: need >= 1"),
+        (all(lrs and all(isinstance(lr, (int, float)) and lr > 0 for lr in lrs) for lrs in c["lr_grid"].values()),
+         f"lr_grid={c['lr_grid']!r}: each loss needs a tuple of positive learning rates"),
+        (writable_dir(c["out_dir"]), f"out_dir={c['out_dir']!r}: cannot create or write to this directory"),
+    ]
+
+
+def check_train_settings(c):
+    """Every run's train.py arguments through train.py's checks (fails before the first run)."""
+    import train
+    for arm in c["arms"]:
+        if arm == "sft":
+            continue
+        loss = ARM_SETTINGS[arm]["loss"]
+        if loss not in c["lr_grid"]:
+            raise SystemExit(f"bad settings:\n  lr_grid has no learning rates for loss {loss!r} (arm {arm})")
+        args = train_args(c, c["out_dir"], ARM_SETTINGS[arm], c["seeds"][0], c["val_data"], c["answers_budget"])
+        configure({k: v for k, v in vars(train).items()}, [a for a in args if not a.startswith("--init_from=")],
+                  train.CHOICES, train.setting_problems)
+
+
+def train_args(c, run_dir, settings, seed, val, budget):
+    """train.py's arguments for one run; `c`: this script's settings."""
+    args = [f"--{k}={v}" for k, v in settings.items()]
+    return args + [f"--init_from={c['init_from']}", f"--train_data={c['train_data']}", f"--val_data={val}",
+                   f"--out_dir={run_dir}", f"--seed={seed}", f"--max_answers={budget}", "--max_steps=1000000",
+                   f"--eval_interval={c['eval_every']}", f"--eval_samples={c['eval_samples']}",
+                   "--checkpoint_interval=1000000", *c["extra"].split()]
+
+
 def train(run_dir, settings, seed, val, budget):
     """One train.py run; returns its summary (with eval history) and per-step log."""
-    args = [f"--{k}={v}" for k, v in settings.items()]
-    args += [f"--init_from={init_from}", f"--train_data={train_data}", f"--val_data={val}",
-             f"--out_dir={run_dir}", f"--seed={seed}", f"--max_answers={budget}", "--max_steps=1000000",
-             f"--eval_interval={eval_every}", f"--eval_samples={eval_samples}",
-             "--checkpoint_interval=1000000", *extra.split()]
+    args = train_args(globals(), run_dir, settings, seed, val, budget)
     if os.path.exists(os.path.join(run_dir, "summary.json")):
         print(f"  {run_dir}: done already, reusing")
     else:
@@ -256,10 +292,11 @@ def ensure_inputs():
 
 def main():
     global eval_samples, eval_every
-    config = configure(globals(), sys.argv[1:])
+    config = configure(globals(), sys.argv[1:], {}, setting_problems)
     budget = answers_budget
     if smoke:
         budget, eval_samples, eval_every = 1, 8, 1          # one step per run
+    check_train_settings({**config, "eval_samples": eval_samples, "eval_every": eval_every})
     ensure_inputs()
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()

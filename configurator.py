@@ -1,15 +1,24 @@
 """
 Settings the nanoGPT way: a script keeps its defaults as module globals, then calls
 
-    configure(globals(), sys.argv[1:])
+    configure(globals(), sys.argv[1:], CHOICES, setting_problems)
 
 Each argument is either a preset file (`config/tiny_cpu.py`, a few lines of assignments run in
 order) or an override `--key=value`. Values are read as Python literals when they parse as one
-(`--lr=3e-4`, `--resume=True`, `--beta=None`) and as plain strings otherwise (`--loss=grpo`).
+(`--lr=3e-4`, `--resume=True`) and as plain strings otherwise (`--loss=grpo`); None is accepted only
+where the default is None.
+Settings are the lower-case globals; UPPER_CASE globals are constants, not settings.
 An unknown key, or a value whose type differs from the default's, is an error naming the key.
+
+Then every setting is checked before anything is loaded: `CHOICES` maps a setting to its allowed
+values (a typo gets a "did you mean"), and `setting_problems(config)` returns (holds, message)
+pairs for ranges and relations; every failed rule is listed in one error.
 """
 import ast
+import difflib
+import os
 import sys
+import tempfile
 
 
 def parse_value(text):
@@ -22,9 +31,11 @@ def parse_value(text):
 def check_and_set(config, key, value, source):
     if key not in config:
         known = ", ".join(sorted(config))
-        raise SystemExit(f"{source}: unknown setting '{key}'. Known settings: {known}")
+        hint = difflib.get_close_matches(key, list(config), n=1)
+        hint = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise SystemExit(f"{source}: unknown setting '{key}'{hint}. Known settings: {known}")
     default = config[key]
-    if default is not None and value is not None and not isinstance(value, type(default)):
+    if default is not None and not isinstance(value, type(default)):
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         else:
@@ -33,10 +44,15 @@ def check_and_set(config, key, value, source):
     config[key] = value
 
 
-def configure(module_globals, argv):
-    """Apply presets and --key=value overrides to the settings in `module_globals`; return them."""
-    config = {k: v for k, v in module_globals.items()
-              if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None), tuple, list, dict))}
+def is_setting(name, value):
+    return (not name.startswith("_") and not name.isupper()
+            and isinstance(value, (int, float, bool, str, type(None), tuple, list, dict)))
+
+
+def configure(module_globals, argv, choices=None, setting_problems=None):
+    """Apply presets and --key=value overrides to the settings in `module_globals`, check them
+    against `choices` and `setting_problems` (see the module docstring); return them."""
+    config = {k: v for k, v in module_globals.items() if is_setting(k, v)}
     for arg in argv:
         if arg.startswith("--"):
             if "=" not in arg:
@@ -53,8 +69,53 @@ def configure(module_globals, argv):
             for key, value in preset.items():
                 if not key.startswith("_"):
                     check_and_set(config, key, value, arg)
+    check_settings(config, choices or {}, setting_problems)
     module_globals.update(config)
     return config
+
+
+def check_settings(config, choices, setting_problems=None):
+    """Exit with one message listing every setting outside its choices or breaking a rule."""
+    problems = [choice_problem(key, config[key], allowed) for key, allowed in choices.items()]
+    if not any(problems) and setting_problems is not None:   # ranges may assume valid choices
+        problems += [message for holds, message in setting_problems(config) if not holds]
+    problems = [p for p in problems if p]
+    if problems:
+        raise SystemExit("bad settings:\n  " + "\n  ".join(problems))
+
+
+def choice_problem(key, value, allowed):
+    """None when `value` is one of `allowed`, else a message with the closest allowed value."""
+    if value in allowed:
+        return None
+    names = [str(a) for a in allowed]
+    close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{key}={value!r} is not one of {' | '.join(names)}{hint}"
+
+
+def writable_dir(path):
+    """True when `path` is (or can be made as) a directory we can write a file into; makes it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+def device_ok(device):
+    """'cpu', or 'cuda' / 'cuda:N' when torch sees a GPU (torch only imported for cuda)."""
+    if device == "cpu":
+        return True
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import torch
 
-from configurator import configure
+from configurator import DTYPES, configure, device_ok, writable_dir
 from dataset import load_samples, read_records_or_exit
 from rollout import generate_rollout
 
@@ -36,6 +36,42 @@ device = "cpu"
 dtype = "float32"
 seed = 0
 # -----------------------------------------------------------------------------
+CHOICES = {"dtype": DTYPES}
+
+
+def setting_problems(c):
+    """Ranges, as (holds, message); the model and the output folder checked before loading."""
+    return [
+        (c["max_samples"] >= 0, f"max_samples={c['max_samples']}: need >= 0 (0: all)"),
+        (c["samples_per_question"] >= 1, f"samples_per_question={c['samples_per_question']}: need >= 1"),
+        (c["temperature"] > 0, f"temperature={c['temperature']}: need > 0"),
+        (c["batch_size"] >= 1, f"batch_size={c['batch_size']}: need >= 1"),
+        (c["max_new_tokens"] >= 1, f"max_new_tokens={c['max_new_tokens']}: need >= 1"),
+        (c["num_frames"] >= 1, f"num_frames={c['num_frames']}: need >= 1"),
+        (c["max_pixels"] >= 28 * 28, f"max_pixels={c['max_pixels']}: need >= 784 (one 28x28 cell)"),
+        (c["fps"] > 0, f"fps={c['fps']}: need > 0"),
+        (device_ok(c["device"]), f"device={c['device']!r}: expected cpu, or cuda / cuda:N with a GPU "
+                                 "that torch sees"),
+        (not model_problem(c["model"]), f"model: {model_problem(c['model'])}"),
+        (writable_dir(os.path.dirname(output_path(c)) or "."),
+         f"out_file={output_path(c)!r}: cannot create or write to its folder"),
+    ]
+
+
+def model_problem(path):
+    """None when `path` is a train.py / sft.py checkpoint (ckpt.pt or its folder) or a loadable model."""
+    from model import source_problem
+    if path.endswith(".pt"):
+        return None if os.path.isfile(path) else f"{path}: no such checkpoint file"
+    return None if os.path.isfile(os.path.join(path, "ckpt.pt")) else source_problem(path)
+
+
+def output_path(c):
+    """out_file, or eval_<split>.json beside the checkpoint (or in the model folder, or here)."""
+    split = os.path.splitext(os.path.basename(c["data"]))[0]
+    model = c["model"]
+    return c["out_file"] or os.path.join(os.path.dirname(model) if model.endswith(".pt") else
+                                         (model if os.path.isdir(model) else "."), f"eval_{split}.json")
 
 
 def difficulty_bucket(record):
@@ -112,7 +148,7 @@ def load_any_policy(path, device="cpu", dtype="float32"):
 
 
 def main():
-    configure(globals(), sys.argv[1:])
+    config = configure(globals(), sys.argv[1:], CHOICES, setting_problems)
     torch.manual_seed(seed)
     records = read_records_or_exit(data)                            # fail before loading the model
     policy, processor = load_any_policy(model, device=device, dtype=dtype)
@@ -122,9 +158,7 @@ def main():
     results = evaluate(policy, processor, samples, batch_size, max_new_tokens, samples_per_question,
                        temperature, fps, sampler=sampler)
     print(format_table(results))
-    split = os.path.splitext(os.path.basename(data))[0]
-    target = out_file or os.path.join(os.path.dirname(model) if model.endswith(".pt") else
-                                      (model if os.path.isdir(model) else "."), f"eval_{split}.json")
+    target = output_path(config)
     with open(target, "w") as f:
         json.dump({"model": model, "data": data, "results": results}, f, indent=2)
     print(f"wrote {target}")

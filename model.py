@@ -22,6 +22,7 @@ groups of a short clip get the same temporal position.
 
 import inspect
 import os
+import re
 
 import torch
 import torch.utils.checkpoint
@@ -161,19 +162,34 @@ def tiny_qwen25vl(out_dir, texts=(), seed=0, vocab_size=768, **size_overrides):
     return str(out_dir)
 
 
-def _check_source(name_or_path):
-    """A local-looking path must be an existing directory; a hub id ('org/name') is passed through."""
-    name = os.fspath(name_or_path)
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1
+HUB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def source_problem(name):
+    """Why `name` is neither a saved model directory nor a hub id, or None.
+
+    A hub id is 'org/name' (one '/', no leading '.', '~' or '/') whose first component is not a
+    local folder: `out/nope` with an existing `out/` is a mistyped local path, not a hub id.
+    """
+    name = os.fspath(name)
     if os.path.isfile(name):
-        raise NotADirectoryError(f"{name}: expected a model directory (config.json, weights, processor), "
-                                 "found a file")
-    if looks_local and not os.path.isdir(name):
-        raise FileNotFoundError(f"{name}: no such model directory (expected a directory written by "
-                                "save_pretrained or a hub id like 'Qwen/Qwen2.5-VL-7B-Instruct')")
-    if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
-        raise FileNotFoundError(f"{name}: directory has no config.json; not a saved model")
-    return name
+        return f"{name}: expected a model directory (config.json, weights, processor), found a file"
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            return f"{name}: directory has no config.json; not a saved model"
+        return None
+    if HUB_ID_RE.fullmatch(name) and not os.path.isdir(name.split("/")[0]):
+        return None
+    return (f"{name}: no such model directory (expected a directory written by save_pretrained "
+            "or a hub id like 'Qwen/Qwen2.5-VL-7B-Instruct')")
+
+
+def _check_source(name_or_path):
+    """`name_or_path` as a string; FileNotFoundError naming it when source_problem finds one."""
+    problem = source_problem(name_or_path)
+    if problem:
+        raise (NotADirectoryError if "found a file" in problem else FileNotFoundError)(problem)
+    return os.fspath(name_or_path)
 
 
 def load_policy(name_or_path, dtype=torch.float32, device="cpu", attn_implementation="sdpa"):

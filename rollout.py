@@ -14,7 +14,6 @@ of one prompt contiguous (the layout `reg_grpo.py` expects). Every tensor a loss
 Rewards are plain functions of (completion text, record): change them here.
 """
 import re
-import string
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -115,16 +114,74 @@ def parse_number(text):
     return float(m.group()) if m else None
 
 
-def normalize_text(text):
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+def words(text):
+    """Lower-cased alphanumeric words (punctuation is a separator), the tokens of ROUGE and WER."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def ngram_counts(tokens, n):
+    counts = {}
+    for i in range(len(tokens) - n + 1):
+        key = tuple(tokens[i:i + n])
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def f1(overlap, n_pred, n_ref):
+    """F1 = 2PR / (P + R) with P = overlap / n_pred, R = overlap / n_ref; 0 when nothing overlaps."""
+    return 0.0 if overlap == 0 else 2 * overlap / (n_pred + n_ref)
+
+
+def rouge_n(pred, ref, n):
+    """ROUGE-N F1: clipped n-gram matches, sum_g min(c_pred(g), c_ref(g))."""
+    p, r = ngram_counts(pred, n), ngram_counts(ref, n)
+    overlap = sum(min(c, r.get(g, 0)) for g, c in p.items())
+    return f1(overlap, sum(p.values()), sum(r.values()))
+
+
+def lcs_length(a, b):
+    """Longest common subsequence of two token lists (dynamic programming, one row at a time)."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_reward(pred, ref):
+    """Video-R1's free-form reward: mean of the ROUGE-1, ROUGE-2 and ROUGE-L F1 scores over words().
+    (Video-R1 also stems words with Porter's stemmer; we do not.)"""
+    p, r = words(pred), words(ref)
+    return (rouge_n(p, r, 1) + rouge_n(p, r, 2) + f1(lcs_length(p, r), len(p), len(r))) / 3
+
+
+def edit_distance(a, b):
+    """Levenshtein distance between token lists: substitutions + deletions + insertions."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def wer_reward(pred, ref):
+    """Video-R1's OCR reward: max(0, 1 - WER), WER = edit_distance(ref, pred) / len(ref) over words()."""
+    p, r = words(pred), words(ref)
+    if not r:
+        return float(not p)
+    return max(0.0, 1.0 - edit_distance(r, p) / len(r))
 
 
 def accuracy_reward(text, record):
-    """1.0 for a right answer, 0.0 otherwise (regression: 1 - relative error, floored at 0).
+    """The accuracy reward in [0, 1], by problem type (Video-R1's rules):
 
-    multiple_choice: the option letter; numerical: equal after rounding to 2 decimals (Video-R1's rule);
-    free_form / ocr: equal after lower-casing and dropping punctuation and articles.
+    multiple_choice: 1 for the right option letter; numerical: 1 when equal after rounding to 2
+    decimals; regression: 1 - relative error, floored at 0; free_form: mean ROUGE-1/2/L F1
+    (rouge_reward); ocr: 1 - word error rate, floored at 0 (wer_reward).
     """
     answer = extract_answer(text)
     if answer is None:
@@ -139,7 +196,11 @@ def accuracy_reward(text, record):
         if kind == "numerical":
             return float(round(pred, 2) == round(gold, 2))
         return max(0.0, 1.0 - abs(pred - gold) / max(abs(gold), 1e-6))
-    return float(normalize_text(answer) == normalize_text(truth))
+    if kind == "free_form":
+        return rouge_reward(answer, truth)
+    if kind == "ocr":
+        return wer_reward(answer, truth)
+    raise ValueError(f"problem_type {kind!r} has no reward rule")
 
 
 def score_completions(texts, records):

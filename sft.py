@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from configurator import configure
+from configurator import DTYPES, configure, device_ok, writable_dir
 from dataset import format_question, load_samples, read_records_or_exit
-from model import completion_logps, freeze_vision as freeze_vision_tower, load_policy, tiny_qwen25vl
+from model import completion_logps, freeze_vision as freeze_vision_tower, load_policy, source_problem, tiny_qwen25vl
 from rollout import SYSTEM_PROMPT, encode_prompts, join_prompt_completion, reference_completion, to_device
 from eval import evaluate, format_table
 
@@ -47,6 +47,35 @@ device = "cpu"
 dtype = "float32"
 seed = 0
 # -----------------------------------------------------------------------------
+CHOICES = {"dtype": DTYPES}
+
+
+def setting_problems(c):
+    """Ranges, as (holds, message); out_dir and init_from checked before anything is loaded."""
+    return [
+        (c["max_steps"] >= 1, f"max_steps={c['max_steps']}: need >= 1"),
+        (c["batch_size"] >= 1, f"batch_size={c['batch_size']}: need >= 1"),
+        (c["learning_rate"] > 0, f"learning_rate={c['learning_rate']}: need > 0"),
+        (0 <= c["min_lr_ratio"] <= 1, f"min_lr_ratio={c['min_lr_ratio']}: need 0..1"),
+        (c["warmup_steps"] >= 0, f"warmup_steps={c['warmup_steps']}: need >= 0"),
+        (c["weight_decay"] >= 0, f"weight_decay={c['weight_decay']}: need >= 0"),
+        (c["grad_clip"] > 0, f"grad_clip={c['grad_clip']}: need > 0"),
+        (c["eval_samples"] >= 1, f"eval_samples={c['eval_samples']}: need >= 1"),
+        (c["num_frames"] >= 1, f"num_frames={c['num_frames']}: need >= 1"),
+        (c["max_pixels"] >= 28 * 28, f"max_pixels={c['max_pixels']}: need >= 784 (one 28x28 cell)"),
+        (c["fps"] > 0, f"fps={c['fps']}: need > 0"),
+        (device_ok(c["device"]), f"device={c['device']!r}: expected cpu, or cuda / cuda:N with a GPU "
+                                 "that torch sees"),
+        (writable_dir(c["out_dir"]), f"out_dir={c['out_dir']!r}: cannot create or write to this directory"),
+        (c["init_from"] == "tiny" or not source_problem(c["init_from"]),
+         f"init_from: {source_problem(c['init_from'])}"),
+    ]
+
+
+def require_batch(samples, what):
+    """An SFT step samples batch_size records without replacement: fewer is an error up front."""
+    if len(samples) < batch_size:
+        raise SystemExit(f"{train_data}: {len(samples)} {what}, fewer than batch_size={batch_size}")
 
 
 def corpus_texts(records):
@@ -80,10 +109,11 @@ def lr_at(step):
 
 
 def main():
-    config = configure(globals(), sys.argv[1:])
+    config = configure(globals(), sys.argv[1:], CHOICES, setting_problems)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     records = read_records_or_exit(train_data)
+    require_batch(records, "records")
     if init_from == "tiny":
         init_dir = tiny_qwen25vl(os.path.join(out_dir, "init"), texts=corpus_texts(records), seed=seed)
     else:
@@ -92,6 +122,7 @@ def main():
     if freeze_vision:
         freeze_vision_tower(policy)
     samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels)
+    require_batch(samples, "records with a readable video")
     val = load_samples(read_records_or_exit(val_data)[:eval_samples], num_frames=num_frames, max_pixels=max_pixels)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)

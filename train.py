@@ -26,13 +26,13 @@ from tqdm import tqdm
 
 from checkpoint import (load_checkpoint, load_states, model_state, optimizer_state, rng_state,
                         save_checkpoint, set_rng_state, unwrap)
-from configurator import configure
+from configurator import DTYPES, configure, device_ok, writable_dir
 from dataset import VideoError, load_samples, read_records_or_exit, read_video
 from difficulty import (DEFAULT_MARGIN, RewardBuffer, build_hint, flat_groups, group_mean_rewards, make_harder,
                         plan_augmentation, zero_advantage_ratio)
 from eval import evaluate
 from model import completion_logps, enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
-from model import load_policy, load_reference
+from model import load_policy, load_reference, source_problem
 from reg_grpo import group_advantages, grpo_loss, rebel_loss, reg_grpo_loss
 from remedies import dynamic_sampling, group_replay
 from rollout import concat_rollouts, generate_rollout, micro_batches, reference_logps, to_device
@@ -100,6 +100,59 @@ compile = False
 # -----------------------------------------------------------------------------
 EMBEDDED_DATA, EMBEDDED_SFT = "data/synthetic/train.jsonl", "out/tiny-sft"
 EMBEDDED_SFT_DATA = "data/synthetic/sft.jsonl"   # the warm start's demonstrations, written beside train.jsonl
+CHOICES = {"loss": ("reg_grpo", "grpo", "rebel"), "reg_form": ("scaled", "paper"), "augment": ("none", "harder", "easier", "both"),
+           "harder_mode": ("noise", "mask"), "vanishing_fix": ("none", "dynamic_sampling", "group_replay"),
+           "dtype": DTYPES, "master_dtype": DTYPES, "distributed": ("ddp", "fsdp"),
+           "attn_implementation": ("sdpa", "flash_attention_2", "eager")}
+
+
+def setting_problems(c):
+    """The ranges and relations the loop relies on, as (holds, message). No divisibility is needed:
+    micro-batches take whole groups and the last one may be smaller."""
+    return [
+        (c["group_size"] >= 2, f"group_size={c['group_size']}: need >= 2 answers per prompt to compare"),
+        (c["prompts_per_step"] >= 1, f"prompts_per_step={c['prompts_per_step']}: need >= 1"),
+        (c["micro_batch_groups"] >= 1, f"micro_batch_groups={c['micro_batch_groups']}: need >= 1"),
+        (c["num_iterations"] >= 1, f"num_iterations={c['num_iterations']}: need >= 1"),
+        (c["max_steps"] >= 1, f"max_steps={c['max_steps']}: need >= 1"),
+        (c["max_answers"] >= 0, f"max_answers={c['max_answers']}: need >= 0 (0: off)"),
+        (c["checkpoint_interval"] >= 1, f"checkpoint_interval={c['checkpoint_interval']}: need >= 1 step"),
+        (c["eval_interval"] >= 0, f"eval_interval={c['eval_interval']}: need >= 0 (0: only before and after)"),
+        (c["eval_samples"] >= 1, f"eval_samples={c['eval_samples']}: need >= 1"),
+        (c["beta"] >= 0, f"beta={c['beta']}: the KL weight must be >= 0"),
+        (c["clip_eps"] > 0, f"clip_eps={c['clip_eps']}: need > 0"),
+        (c["rebel_eta"] > 0, f"rebel_eta={c['rebel_eta']}: need > 0"),
+        (c["adv_eps"] >= 0 and c["std_floor"] > 0, f"adv_eps={c['adv_eps']} must be >= 0 and "
+                                                   f"std_floor={c['std_floor']} > 0"),
+        (c["noise_sigma0"] >= 0, f"noise_sigma0={c['noise_sigma0']}: need >= 0"),
+        (c["buffer_window"] >= 1, f"buffer_window={c['buffer_window']}: need >= 1 step"),
+        (c["difficulty_margin"] >= 0, f"difficulty_margin={c['difficulty_margin']}: need >= 0"),
+        (c["resample_rounds"] >= 0, f"resample_rounds={c['resample_rounds']}: need >= 0"),
+        (c["replay_capacity"] >= 1, f"replay_capacity={c['replay_capacity']}: need >= 1"),
+        (c["max_new_tokens"] >= 1, f"max_new_tokens={c['max_new_tokens']}: need >= 1"),
+        (c["temperature"] > 0, f"temperature={c['temperature']}: need > 0"),
+        (0 < c["top_p"] <= 1, f"top_p={c['top_p']}: need 0 < top_p <= 1"),
+        (c["num_frames"] >= 1, f"num_frames={c['num_frames']}: need >= 1"),
+        (c["max_pixels"] >= 28 * 28, f"max_pixels={c['max_pixels']}: need >= 784 (one 28x28 cell)"),
+        (c["fps"] > 0, f"fps={c['fps']}: need > 0"),
+        (c["learning_rate"] > 0, f"learning_rate={c['learning_rate']}: need > 0"),
+        (0 <= c["min_lr_ratio"] <= 1, f"min_lr_ratio={c['min_lr_ratio']}: need 0..1"),
+        (c["warmup_steps"] >= 0, f"warmup_steps={c['warmup_steps']}: need >= 0"),
+        (c["weight_decay"] >= 0, f"weight_decay={c['weight_decay']}: need >= 0"),
+        (c["grad_clip"] > 0, f"grad_clip={c['grad_clip']}: need > 0"),
+        (device_ok(c["device"]), f"device={c['device']!r}: expected cpu, or cuda / cuda:N with a GPU "
+                                 "that torch sees"),
+    ]
+
+
+def path_problems(c):
+    """Paths checked at start: a mistyped model path, an out_dir we cannot write."""
+    out_ok = writable_dir(c["out_dir"])        # first: then out/ exists, and out/nope reads as a path
+    return [
+        (out_ok, f"out_dir={c['out_dir']!r}: cannot create or write to this directory"),
+        (c["init_from"] == EMBEDDED_SFT or not source_problem(c["init_from"]),
+         f"init_from: {source_problem(c['init_from'])}"),
+    ]
 
 
 def lr_at(step):
@@ -343,7 +396,7 @@ def gradient_sync(model, last, world_size):
 
 def main():
     global device
-    config = configure(globals(), sys.argv[1:])
+    config = configure(globals(), sys.argv[1:], CHOICES, lambda c: setting_problems(c) + path_problems(c))
     rank, local_rank, world_size = setup_distributed()
     if device.startswith("cuda") and world_size > 1:
         device = f"cuda:{local_rank}"

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from configurator import configure
-from rollout import (accuracy_reward, completion_mask_until, extract_answer, format_reward, option_letter,
-                     repeat_batch, select_visual)
+from rollout import (accuracy_reward, completion_mask_until, edit_distance, extract_answer, format_reward,
+                     lcs_length, option_letter, repeat_batch, rouge_reward, select_visual, wer_reward)
 
 MC = {"problem_type": "multiple_choice", "answer": "B", "options": ["l", "r", "u", "d"]}
 
@@ -37,8 +37,13 @@ def test_numeric_free_form_and_regression_rewards():
     assert accuracy_reward("<answer>about 3.51</answer>", num) == 0.0
     assert accuracy_reward("<answer>none</answer>", num) == 0.0
     free = {"problem_type": "free_form", "answer": "The red ball."}
-    assert accuracy_reward("<answer>red ball</answer>", free) == 1.0
-    assert accuracy_reward("<answer>blue ball</answer>", free) == 0.0
+    assert accuracy_reward("<answer>the red ball</answer>", free) == 1.0
+    # "red ball" vs "the red ball": ROUGE-1 2*2/(2+3), ROUGE-2 2*1/(1+2), ROUGE-L 2*2/(2+3)
+    assert accuracy_reward("<answer>red ball</answer>", free) == pytest.approx((0.8 + 2 / 3 + 0.8) / 3)
+    assert accuracy_reward("<answer>green cube</answer>", free) == 0.0
+    ocr = {"problem_type": "ocr", "answer": "STOP here"}
+    assert accuracy_reward("<answer>stop here.</answer>", ocr) == 1.0
+    assert accuracy_reward("<answer>stop</answer>", ocr) == 0.5                  # one deletion of 2 words
     reg = {"problem_type": "regression", "answer": "10"}
     assert accuracy_reward("<answer>8</answer>", reg) == pytest.approx(0.8)
     assert accuracy_reward("<answer>100</answer>", reg) == 0.0
@@ -82,3 +87,46 @@ def test_configurator_overrides_presets_and_rejects_unknown_keys(tmp_path):
         configure(dict(g), ["--steps=fast"])
     with pytest.raises(SystemExit, match="cannot read preset"):
         configure(dict(g), [str(tmp_path / "missing.py")])
+
+
+def test_rouge_by_hand():
+    # pred "the cat sat on the mat", ref "the cat is on the mat" (6 words each):
+    # ROUGE-1: the x2, cat, on, mat = 5 matches -> 2*5/12; ROUGE-2: "the cat", "on the", "the mat" = 3 of 5
+    # bigrams each -> 2*3/10; ROUGE-L: LCS "the cat on the mat" = 5 -> 2*5/12
+    assert rouge_reward("The cat sat on the mat.", "the cat is on the mat") == pytest.approx((5 / 6 + 0.6 + 5 / 6) / 3)
+    assert rouge_reward("", "a b") == 0.0 and rouge_reward("x y", "a b") == 0.0
+    # repeated words are clipped: pred "a a a", ref "a b": 1 unigram match -> 2*1/(3+2); no bigram; LCS 1
+    assert rouge_reward("a a a", "a b") == pytest.approx((0.4 + 0.0 + 0.4) / 3)
+
+
+def test_wer_by_hand():
+    assert wer_reward("hello word", "Hello world foo") == pytest.approx(1 - 2 / 3)   # 1 substitution, 1 deletion
+    assert wer_reward("x y z w", "a b") == 0.0                                        # WER 2 floored at 0
+    assert wer_reward("a b c", "a b c") == 1.0
+    assert wer_reward("", "") == 1.0 and wer_reward("a", "") == 0.0
+
+
+def brute_lcs(a, b):
+    """Longest common subsequence by trying every subsequence of a (independent of lcs_length)."""
+    from itertools import combinations
+    def is_subsequence(s, t):
+        it = iter(t)
+        return all(x in it for x in s)
+    return max(k for k in range(len(a) + 1) for s in combinations(a, k) if is_subsequence(s, b))
+
+
+def brute_edit(a, b):
+    """Levenshtein distance by plain recursion (exponential, fine for 5 tokens)."""
+    if not a or not b:
+        return len(a) + len(b)
+    return min(brute_edit(a[1:], b) + 1, brute_edit(a, b[1:]) + 1, brute_edit(a[1:], b[1:]) + (a[0] != b[0]))
+
+
+def test_lcs_and_edit_distance_against_brute_force():
+    import random
+    rng = random.Random(0)
+    for _ in range(200):
+        a = [rng.choice("abc") for _ in range(rng.randint(0, 5))]
+        b = [rng.choice("abc") for _ in range(rng.randint(0, 5))]
+        assert lcs_length(a, b) == brute_lcs(a, b), (a, b)
+        assert edit_distance(a, b) == brute_edit(a, b), (a, b)
