@@ -15,9 +15,11 @@ Bad videos raise VideoError("<path>: <reason>"); load_samples reports and skips 
 """
 
 import json
+import math
 import os
 import random
 import re
+import sys
 from collections import Counter
 
 from video import VideoError, read_video, write_video  # noqa: F401 (write_video: re-exported)
@@ -65,17 +67,36 @@ def check_record(r):
         if r["answer"] not in option_letters(len(opts)):
             return (f"answer {r['answer']!r} is not an option letter "
                     f"{option_letters(len(opts))[0]}..{option_letters(len(opts))[-1]}")
+    elif not r["answer"].strip():
+        return f"{r['problem_type']} answer is empty"
+    if r["problem_type"] in ("numerical", "regression") and not is_number(r["answer"]):
+        return f"{r['problem_type']} answer {r['answer']!r} is not a number"
     if not isinstance(r.get("reasoning", ""), str):
         return "reasoning must be a string"
     if not isinstance(r.get("meta", {}), dict):
         return "meta must be an object"
+    if not isinstance(r.get("meta", {}).get("image", ""), str):
+        return "meta.image must be a path (string)"
     return None
+
+
+def is_number(text):
+    """'3', '-2.5', '1,000' are numbers (what the numerical and regression rewards compare)."""
+    try:
+        return math.isfinite(float(text.replace(",", "")))
+    except ValueError:
+        return False
 
 
 def jsonl_rows(jsonl_path):
     """(line number, JSON object) for each non-blank line; a bad line raises "file:LINE: reason"."""
-    with open(jsonl_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(jsonl_path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{jsonl_path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at "
+                                 f"column {e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -89,8 +110,9 @@ def jsonl_rows(jsonl_path):
 
 
 def load_records(jsonl_path):
-    """Validated records from a .jsonl file; video paths made absolute (relative ones resolve
-    against the file's folder). A bad line raises ValueError("file.jsonl:LINE: reason")."""
+    """Validated records from a .jsonl file; video (and meta.image) paths made absolute (relative
+    ones resolve against the file's folder); r["where"] = "file.jsonl:LINE" for messages (not
+    written back). A bad line raises ValueError("file.jsonl:LINE: reason")."""
     jsonl_path = str(jsonl_path)
     root = os.path.dirname(os.path.abspath(jsonl_path))
     records, seen = [], {}
@@ -102,9 +124,11 @@ def load_records(jsonl_path):
             raise ValueError(f"{jsonl_path}:{lineno}: duplicate id {r['id']!r} "
                              f"(first on line {seen[r['id']]})")
         seen[r["id"]] = lineno
-        r = dict(r, video=os.path.normpath(os.path.join(root, r["video"])))
+        r = dict(r, video=os.path.normpath(os.path.join(root, r["video"])), where=f"{jsonl_path}:{lineno}")
         r.setdefault("reasoning", "")
-        r.setdefault("meta", {})
+        r["meta"] = dict(r.get("meta", {}))
+        if r["meta"].get("image"):
+            r["meta"]["image"] = os.path.normpath(os.path.join(root, r["meta"]["image"]))
         records.append(r)
     return records
 
@@ -112,9 +136,12 @@ def load_records(jsonl_path):
 def read_records_or_exit(path):
     """Records of a JSONL file, or a one-line error naming the file (and line) and the problem."""
     try:
-        return load_records(path)
+        records = load_records(path)
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot read data: {e}")
+    if not records:
+        raise SystemExit(f"cannot read data: {path}: no records (an empty split)")
+    return records
 
 
 def write_records(path, records):
@@ -135,23 +162,49 @@ def write_records(path, records):
 
 
 def load_samples(records, num_frames=8, max_pixels=112 * 112, log=print, fps=None,
-                 size_multiple=28):
-    """Each record plus "frames" ((T, H, W, 3) uint8). Records whose video fails to read are
-    logged one line each and skipped; a summary line "skipped K of N records (...)" always ends
-    the call. Only VideoError is caught: anything else is a bug and propagates."""
+                 size_multiple=28, skipped=None):
+    """Each record plus "frames" ((T, H, W, 3) uint8) and, when meta["image"] names one, "image"
+    ((H, W, 3) uint8, resized by the frames' pixel budget). A record whose video or image fails to
+    read is logged one line each ("skip file:LINE (id): path: reason") and skipped; its reason is
+    counted into `skipped` (a dict) when given; a summary line "skipped K of N records (...)" always
+    ends the call. When every record is skipped the split is unusable: SystemExit naming the file.
+    Only VideoError is caught: anything else is a bug and propagates."""
     samples, reasons = [], Counter()
     for r in records:
         try:
-            frames = read_video(r["video"], num_frames=num_frames, fps=fps,
-                                max_pixels=max_pixels, size_multiple=size_multiple)
+            sample = read_sample(r, num_frames, max_pixels, fps, size_multiple)
         except VideoError as e:
             reasons[e.kind] += 1
-            log(f"skip {r['id']}: {e}")
+            log(f"skip {r['where'] + ' (' + r['id'] + ')' if 'where' in r else r['id']}: {e}")
             continue
-        samples.append(dict(r, frames=frames))
+        samples.append(sample)
     detail = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none bad"
     log(f"skipped {len(records) - len(samples)} of {len(records)} records ({detail})")
+    if skipped is not None:
+        for k, v in reasons.items():
+            skipped[k] = skipped.get(k, 0) + v
+    if records and not samples:
+        source = records[0].get("where", records[0]["id"]).rsplit(":", 1)[0]
+        raise SystemExit(f"{source}: no usable records: all {len(records)} skipped ({detail})")
     return samples
+
+
+def read_sample(record, num_frames=8, max_pixels=112 * 112, fps=None, size_multiple=28):
+    """The record plus its decoded "frames" and, when meta["image"] names one, its "image"
+    (SEED-Bench-R1's current observation; not for rows whose video is that image already).
+    Raises VideoError for a video or image that cannot be read."""
+    sample = dict(record, frames=read_video(record["video"], num_frames=num_frames, fps=fps,
+                                            max_pixels=max_pixels, size_multiple=size_multiple))
+    meta = record.get("meta", {})
+    if meta.get("image") and not meta.get("no_video"):
+        sample["image"] = read_image(meta["image"], max_pixels, size_multiple)
+    return sample
+
+
+def read_image(path, max_pixels=112 * 112, size_multiple=28):
+    """(H, W, 3) uint8: an image read like one video frame (PyAV decodes images as one-frame videos),
+    resized by the same rule, H * W <= max_pixels, multiples of size_multiple."""
+    return read_video(path, num_frames=1, max_pixels=max_pixels, size_multiple=size_multiple)[0]
 
 
 # -----------------------------------------------------------------------------
@@ -161,9 +214,18 @@ VIDEO_R1_TYPES = {"multiple choice": "multiple_choice", "numerical": "numerical"
                   "OCR": "ocr", "free-form": "free_form", "regression": "regression"}
 
 
-def _missing_keys_error(where, row, required):
+def _missing_keys(row, required):
+    """The reason a row lacks required keys, or None."""
     missing = [k for k in required if k not in row]
-    return ValueError(f"{where}: missing keys {missing}; present keys {sorted(row)}")
+    return f"missing keys {missing}; present keys {sorted(row)}" if missing else None
+
+
+def _not_text(row, keys):
+    """The reason one of `keys` is not a non-empty string, or None."""
+    for k in keys:
+        if not isinstance(row[k], str) or not row[k].strip():
+            return f"{k} must be a non-empty string, got {row[k]!r}"
+    return None
 
 
 def _strip_tag(text, tag):
@@ -171,55 +233,80 @@ def _strip_tag(text, tag):
     return (m.group(1) if m else text).strip()
 
 
-def convert_video_r1(json_path, video_root):
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+
+
+def _keep_or_skip(where, reason, skipped):
+    """Without a `skipped` list the first bad item is an error; with one it is noted there and skipped."""
+    if skipped is None:
+        raise ValueError(f"{where}: {reason}")
+    skipped.append(f"{where}: {reason}")
+
+
+def convert_video_r1(json_path, video_root, skipped=None):
     """Video-R1 annotations (one JSON list) -> internal records.
 
     Expected fields per item: problem, problem_type ("multiple choice", "numerical", "OCR",
     "free-form", "regression"), solution ("<answer>B</answer>"), path (video path relative to
-    video_root); options (["A. ...", "B. ...", ...], required for multiple choice); optional
-    process ("<think>...</think>", kept as reasoning without the tags), data_type, data_source,
-    problem_id (kept in meta). The "A. " prefixes are stripped from options.
+    video_root), all strings; options (["A. ...", "B. ...", ...], a list of strings, required for
+    multiple choice); optional process ("<think>...</think>", kept as reasoning without the tags),
+    data_type, data_source, problem_id (kept in meta). The "A. " prefixes are stripped from options.
+    A bad item raises ValueError("file: item I: reason"), or, given a list `skipped`, is skipped and
+    its message appended there. A file that is not UTF-8 JSON holding a list is always an error.
     """
     json_path = str(json_path)
-    with open(json_path, encoding="utf-8") as f:
-        try:
-            items = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{json_path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    items = _read_json(json_path)
     if not isinstance(items, list):
         raise ValueError(f"{json_path}: expected a JSON list of items, got {type(items).__name__}")
     records = []
     for i, it in enumerate(items):
-        where = f"{json_path}: item {i}"
-        required = ["problem", "problem_type", "solution", "path"]
-        if not isinstance(it, dict) or any(k not in it for k in required):
-            raise _missing_keys_error(where, it if isinstance(it, dict) else {}, required)
-        if it["problem_type"] not in VIDEO_R1_TYPES:
-            raise ValueError(f"{where}: problem_type {it['problem_type']!r} is not one of "
-                             f"{list(VIDEO_R1_TYPES)}")
-        ptype = VIDEO_R1_TYPES[it["problem_type"]]
-        options = []
-        if ptype == "multiple_choice":
-            if "options" not in it:
-                raise _missing_keys_error(where, it, required + ["options"])
-            for j, o in enumerate(it["options"]):
-                m = re.match(r"\s*([A-Z])\s*[.)]\s*(.*)", o, re.S)
-                if m and m.group(1) != option_letters(j + 1)[-1]:
-                    raise ValueError(f"{where}: option {j} {o!r} should start with "
-                                     f"{option_letters(j + 1)[-1]!r}")
-                options.append(m.group(2).strip() if m else o.strip())
-        meta = {k: it[k] for k in ("data_type", "data_source", "problem_id") if k in it}
-        rid = f"video_r1-{it.get('problem_id', i)}"
-        r = {"id": rid, "video": os.path.abspath(os.path.join(str(video_root), it["path"])),
-             "question": it["problem"].strip(), "options": options,
-             "answer": _strip_tag(it["solution"], "answer"), "problem_type": ptype,
-             "reasoning": _strip_tag(it.get("process", ""), "think"), "meta": meta}
-        reason = check_record(r)
-        if reason:
-            raise ValueError(f"{where}: {reason}")
-        records.append(r)
+        r = _video_r1_record(it, i, str(video_root))
+        if isinstance(r, str):
+            _keep_or_skip(f"{json_path}: item {i}", r, skipped)
+        else:
+            records.append(r)
     _check_unique_ids(json_path, records)
     return records
+
+
+def _video_r1_record(it, i, video_root):
+    """The internal record of item i, or the reason it is bad (a string)."""
+    if not isinstance(it, dict):
+        return f"expected a JSON object, got {type(it).__name__}"
+    required = ["problem", "problem_type", "solution", "path"]
+    reason = _missing_keys(it, required) or _not_text(it, required)
+    if reason:
+        return reason
+    if it["problem_type"] not in VIDEO_R1_TYPES:
+        return f"problem_type {it['problem_type']!r} is not one of {list(VIDEO_R1_TYPES)}"
+    ptype = VIDEO_R1_TYPES[it["problem_type"]]
+    options = []
+    if ptype == "multiple_choice":
+        if "options" not in it:
+            return _missing_keys(it, required + ["options"])
+        if not isinstance(it["options"], list) or not all(isinstance(o, str) for o in it["options"]):
+            return f"options must be a list of strings, got {it['options']!r}"
+        for j, o in enumerate(it["options"]):
+            m = re.match(r"\s*([A-Z])\s*[.)]\s*(.*)", o, re.S)
+            if m and m.group(1) != option_letters(j + 1)[-1]:
+                return f"option {j} {o!r} should start with {option_letters(j + 1)[-1]!r}"
+            options.append(m.group(2).strip() if m else o.strip())
+    if not isinstance(it.get("process", ""), str):
+        return f"process must be a string, got {it['process']!r}"
+    meta = {k: it[k] for k in ("data_type", "data_source", "problem_id") if k in it}
+    r = {"id": f"video_r1-{it.get('problem_id', i)}",
+         "video": os.path.abspath(os.path.join(video_root, it["path"])),
+         "question": it["problem"].strip(), "options": options,
+         "answer": _strip_tag(it["solution"], "answer"), "problem_type": ptype,
+         "reasoning": _strip_tag(it.get("process", ""), "think"), "meta": meta}
+    return check_record(r) or r
 
 
 SEEDBENCH_COMMON = ["sample_id", "question", "video_source", "video_basename"]
@@ -227,7 +314,7 @@ SEEDBENCH_TRAIN = ["answer", "negative_answers"]
 SEEDBENCH_VAL = ["choice_a", "choice_b", "choice_c", "choice_d", "golden_choice_idx"]
 
 
-def convert_seedbench_r1(jsonl_path, video_root, seed=0):
+def convert_seedbench_r1(jsonl_path, video_root, seed=0, skipped=None):
     """SEED-Bench-R1 annotations (jsonl) -> internal multiple-choice records.
 
     video_root is the data root holding videos/<video_source>/<video_basename> and
@@ -243,32 +330,38 @@ def convert_seedbench_r1(jsonl_path, video_root, seed=0):
     task_progress_metadata, task_goal, task_level, video_id, scenario. Rows whose
     task_progress_metadata is an empty list have no video clip: their "video" is the current
     observation image (PyAV reads it as a one-frame video) and meta["no_video"] is True.
-    A row without the required keys raises ValueError("file:line: missing keys [...]; present
-    keys [...]").
+    A bad row raises ValueError("file:LINE: reason", e.g. missing keys [...]; present keys [...]),
+    or, given a list `skipped`, is skipped and its message appended there. A line that is not
+    UTF-8 JSON is always an error.
     """
     jsonl_path = str(jsonl_path)
     records = []
     for lineno, row in jsonl_rows(jsonl_path):
-        where = f"{jsonl_path}:{lineno}"
-        if "negative_answers" in row:
-            required = SEEDBENCH_COMMON + SEEDBENCH_TRAIN
-        elif any(k in row for k in SEEDBENCH_VAL):
-            required = SEEDBENCH_COMMON + SEEDBENCH_VAL
-        else:  # neither form: name both so the user sees what was expected
-            required = SEEDBENCH_COMMON + SEEDBENCH_TRAIN + SEEDBENCH_VAL
-        if any(k not in row for k in required):
-            raise _missing_keys_error(where, row, required)
-        records.append(_seedbench_record(row, where, str(video_root), seed))
+        r = _seedbench_record(row, str(video_root), seed)
+        if isinstance(r, str):
+            _keep_or_skip(f"{jsonl_path}:{lineno}", r, skipped)
+        else:
+            records.append(r)
     _check_unique_ids(jsonl_path, records)
     return records
 
 
-def _seedbench_record(row, where, root, seed):
+def _seedbench_record(row, root, seed):
+    """The internal record of one row, or the reason it is bad (a string)."""
+    if "negative_answers" in row:
+        required = SEEDBENCH_COMMON + SEEDBENCH_TRAIN
+    elif any(k in row for k in SEEDBENCH_VAL):
+        required = SEEDBENCH_COMMON + SEEDBENCH_VAL
+    else:  # neither form: name both so the user sees what was expected
+        required = SEEDBENCH_COMMON + SEEDBENCH_TRAIN + SEEDBENCH_VAL
+    reason = _missing_keys(row, required) or _not_text(row, ["question", "video_source", "video_basename"])
+    if reason:
+        return reason
     sid = str(row["sample_id"])
     if "negative_answers" in row:
         negs = row["negative_answers"]
         if not isinstance(negs, list) or len(negs) < 3:
-            raise ValueError(f"{where}: negative_answers must be a list of >= 3 texts, got {negs!r}")
+            return f"negative_answers must be a list of >= 3 texts, got {negs!r}"
         rng = random.Random(f"{seed}:{sid}")
         options = [row["answer"]] + rng.sample(negs, 3)
         rng.shuffle(options)
@@ -283,18 +376,29 @@ def _seedbench_record(row, where, root, seed):
         if k in row:
             meta[k] = row[k]
     video = os.path.join(root, "videos", row["video_source"], row["video_basename"])
-    if row.get("current_observation_basename"):
-        meta["image"] = os.path.join(root, "images", row["video_source"],
-                                     row["current_observation_basename"])
+    image = row.get("current_observation_basename")
+    if image is not None and not isinstance(image, str):
+        return f"current_observation_basename must be a string, got {image!r}"
+    if image:
+        meta["image"] = os.path.abspath(os.path.join(root, "images", row["video_source"], image))
         if row.get("task_progress_metadata") == []:
             video, meta["no_video"] = meta["image"], True
     r = {"id": f"seedbench_r1-{sid}", "video": os.path.abspath(video),
-         "question": str(row["question"]).strip(), "options": options, "answer": answer,
+         "question": row["question"].strip(), "options": options, "answer": answer,
          "problem_type": "multiple_choice", "reasoning": "", "meta": meta}
-    reason = check_record(r)
-    if reason:
-        raise ValueError(f"{where}: {reason}")
-    return r
+    return check_record(r) or r
+
+
+def report_skips(path, skipped, n_kept, show=20):
+    """Print the first `show` skipped items and their count; no item kept at all is an error."""
+    for message in skipped[:show]:
+        print(f"skipped {message}", file=sys.stderr)
+    if len(skipped) > show:
+        print(f"... and {len(skipped) - show} more", file=sys.stderr)
+    if skipped:
+        print(f"{path}: skipped {len(skipped)} of {len(skipped) + n_kept} items", file=sys.stderr)
+    if not n_kept:
+        raise SystemExit(f"{path}: no usable item ({len(skipped)} skipped)")
 
 
 def _check_unique_ids(path, records):

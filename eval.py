@@ -17,7 +17,8 @@ import torch
 
 from configurator import DTYPES, configure, device_ok, writable_dir
 from dataset import load_samples, read_records_or_exit
-from rollout import generate_rollout
+from model import max_positions
+from rollout import drop_long_prompts, generate_rollout
 
 # -----------------------------------------------------------------------------
 model = "out/tiny-rl/ckpt.pt"
@@ -154,13 +155,15 @@ def main():
     policy, processor = load_any_policy(model, device=device, dtype=dtype)
     if max_samples:
         records = records[:max_samples]
-    samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels)
+    skipped = {}                                                    # reason -> count, into the JSON
+    samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels, skipped=skipped)
+    samples = drop_long_prompts(processor, samples, max_positions(policy), max_new_tokens, skipped=skipped)
     results = evaluate(policy, processor, samples, batch_size, max_new_tokens, samples_per_question,
                        temperature, fps, sampler=sampler)
     print(format_table(results))
     target = output_path(config)
     with open(target, "w") as f:
-        json.dump({"model": model, "data": data, "results": results}, f, indent=2)
+        json.dump({"model": model, "data": data, "results": results, "skipped_records": skipped}, f, indent=2)
     print(f"wrote {target}")
 
 

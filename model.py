@@ -334,6 +334,11 @@ def enable_gradient_checkpointing(model):
     return model
 
 
+def max_positions(model):
+    """The language model's position limit (max_position_embeddings of its text config)."""
+    return getattr(model.config, "text_config", model.config).max_position_embeddings
+
+
 def vision_token_ids(processor):
     """Ids that must never be sampled: vision placeholders and their start/end/pad markers."""
     tok = getattr(processor, "tokenizer", processor)

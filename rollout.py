@@ -33,11 +33,14 @@ SYSTEM_PROMPT = (
 # ----------------------------------------------------------------------------- prompts
 
 def build_messages(record, hint="", system_prompt=SYSTEM_PROMPT):
-    """Chat messages for one record: system instruction, then the video and the question (+ hint)."""
+    """Chat messages for one record: system instruction, then the video, the record's still image
+    when it has one (SEED-Bench-R1's current observation, as the paper feeds it), and the question
+    (+ hint)."""
     text = make_easier_prompt(format_question(record), hint)
+    image = [{"type": "image"}] if record.get("image") is not None else []
     return [
         {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
-        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]},
+        {"role": "user", "content": [{"type": "video"}, *image, {"type": "text", "text": text}]},
     ]
 
 
@@ -52,9 +55,47 @@ def encode_prompts(processor, records, videos, hints=None, fps=2.0):
     # fps of the frames we pass: it sets `second_per_grid_ts`, the temporal spacing of the 3D rope.
     # Without it the processor assumes 24 fps and an 8-frame clip's time steps nearly coincide.
     metadata = [{"total_num_frames": len(v), "fps": fps} for v in videos]
+    images = [r["image"] for r in records if r.get("image") is not None]     # (H, W, 3) uint8 each
     batch = processor(text=texts, videos=list(videos), video_metadata=metadata, return_tensors="pt",
-                      padding=True, padding_side="left", do_sample_frames=False)
+                      padding=True, padding_side="left", do_sample_frames=False,
+                      **({"images": images} if images else {}))
     return dict(batch)
+
+
+def prompt_length(processor, sample):
+    """Positions of the sample's encoded prompt: the chat text's tokens, with the one placeholder per
+    video (image) expanded to ceil(T / t) * (H / p) * (W / p) / m^2 tokens ((H / p) * (W / p) / m^2),
+    t the temporal patch, p the patch, m the merge size (the processor's own count, without
+    running its pixel pipeline)."""
+    text = processor.apply_chat_template(build_messages(sample), tokenize=False, add_generation_prompt=True)
+    n = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    vp = processor.video_processor
+    T, H, W = sample["frames"].shape[:3]
+    n += -(-T // vp.temporal_patch_size) * (H // vp.patch_size) * (W // vp.patch_size) // vp.merge_size ** 2 - 1
+    if sample.get("image") is not None:
+        ip = processor.image_processor
+        h, w = sample["image"].shape[:2]
+        n += (h // ip.patch_size) * (w // ip.patch_size) // ip.merge_size ** 2 - 1
+    return n
+
+
+def drop_long_prompts(processor, samples, max_positions, max_new_tokens, log=print, skipped=None):
+    """The samples whose encoded prompt plus max_new_tokens fits the model's `max_positions`; the
+    others are logged ("skip file:LINE (id): ...") and counted into `skipped` as "prompt too long"."""
+    kept = []
+    for s in samples:
+        n = prompt_length(processor, s)
+        if n + max_new_tokens <= max_positions:
+            kept.append(s)
+            continue
+        log(f"skip {s.get('where', s['id'])} ({s['id']}): prompt of {n} tokens + {max_new_tokens} new "
+            f"tokens exceeds the model's {max_positions} positions")
+        if skipped is not None:
+            skipped["prompt too long"] = skipped.get("prompt too long", 0) + 1
+    if samples and not kept:
+        raise SystemExit(f"{samples[0].get('where', samples[0]['id']).rsplit(':', 1)[0]}: no usable records: "
+                         f"every prompt + {max_new_tokens} new tokens exceeds {max_positions} positions")
+    return kept
 
 
 def repeat_batch(batch, repeats):
@@ -242,11 +283,11 @@ class Rollout:
 
 
 def select_visual(visual, idx):
-    """Rows `idx` of a per-answer visual dict (one video per answer)."""
+    """Rows `idx` of a per-answer visual dict (one video, and one image or none, per answer)."""
     out = {}
     for key, value in visual.items():
-        if key == "pixel_values_videos":
-            chunks = per_video(value, visual["video_grid_thw"])
+        if key in ("pixel_values_videos", "pixel_values"):
+            chunks = per_video(value, visual["video_grid_thw" if key == "pixel_values_videos" else "image_grid_thw"])
             out[key] = torch.cat([chunks[i] for i in idx.tolist()])
         else:
             out[key] = value[idx]

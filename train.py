@@ -17,6 +17,7 @@ import random
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 
 import numpy as np
@@ -27,15 +28,15 @@ from tqdm import tqdm
 from checkpoint import (load_checkpoint, load_states, model_state, optimizer_state, rng_state,
                         save_checkpoint, set_rng_state, unwrap)
 from configurator import DTYPES, configure, device_ok, writable_dir
-from dataset import VideoError, load_samples, read_records_or_exit, read_video
+from dataset import VideoError, load_samples, read_records_or_exit, read_sample
 from difficulty import (DEFAULT_MARGIN, RewardBuffer, build_hint, flat_groups, group_mean_rewards, make_harder,
                         plan_augmentation, zero_advantage_ratio)
 from eval import evaluate
 from model import completion_logps, enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
-from model import load_policy, load_reference, source_problem
+from model import load_policy, load_reference, max_positions, source_problem
 from reg_grpo import group_advantages, grpo_loss, rebel_loss, reg_grpo_loss
 from remedies import dynamic_sampling, group_replay
-from rollout import concat_rollouts, generate_rollout, micro_batches, reference_logps, to_device
+from rollout import concat_rollouts, drop_long_prompts, generate_rollout, micro_batches, reference_logps, to_device
 
 # ----------------------------------------------------------------------------- config
 # I/O
@@ -216,6 +217,16 @@ def all_gather_floats(values):
     return [v for part in all_gather_objects_or_self(list(values)) for v in part]
 
 
+def means_over_ranks(values):
+    """{key: mean over ranks} of a dict of floats with the same keys on every rank (one all-reduce)."""
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64,
+                     device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return dict(zip(values, (t / dist.get_world_size()).tolist()))
+
+
 def mean_over_ranks(value):
     if not dist.is_initialized():
         return value
@@ -247,14 +258,14 @@ def draw_prompts(records, rng, n, skipped):
         if record["id"] in skipped:
             continue
         try:
-            frames = read_video(record["video"], num_frames=num_frames, max_pixels=max_pixels)
+            sample = read_sample(record, num_frames=num_frames, max_pixels=max_pixels)
         except VideoError as e:
-            skipped[record["id"]] = str(e)
-            print(f"skipping record {record['id']}: {e} ({len(skipped)} skipped so far)")
+            skipped[record["id"]] = e.kind
+            print(f"skipping {record.get('where')} ({record['id']}): {e} ({len(skipped)} skipped so far)")
             if len(skipped) == len(records):
-                raise SystemExit(f"{train_data}: no record has a readable video")
+                raise SystemExit(f"{train_data}: no usable records: no record has a readable video")
             continue
-        picked.append({**record, "frames": frames})
+        picked.append(sample)
     return picked
 
 
@@ -410,10 +421,13 @@ def main():
     gen = torch.Generator().manual_seed(seed + rank)
 
     records, val_records = read_records_or_exit(train_data), read_records_or_exit(val_data)
+    val_skips = {}                                              # reason -> count, into summary.json
     val = load_samples(val_records[:eval_samples], num_frames=num_frames, max_pixels=max_pixels,
-                       log=print if master else (lambda *a, **k: None))
+                       log=print if master else (lambda *a, **k: None), skipped=val_skips)
     policy, processor = load_policy(init_from, dtype=getattr(torch, master_dtype), device=device,
                                     attn_implementation=attn_implementation)
+    val = drop_long_prompts(processor, val, max_positions(policy), max_new_tokens,
+                            log=print if master else (lambda *a, **k: None), skipped=val_skips)
     if freeze_vision:
         freeze_vision_tower(policy)
     if gradient_checkpointing:
@@ -514,6 +528,9 @@ def main():
             "step_time": time.time() - t0, "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
             "peak_mem_gb": peak_memory_gb(),
         }
+        # mean over ranks, like reward above (step_time, tokens/s and peak memory stay rank 0's)
+        row.update(means_over_ranks({k: row[k] for k in (*stats, "augmented_harder", "augmented_easier",
+                                                         "completion_len")}))
         if master:
             if changes["hints"]:
                 row["example_hint"] = changes["hints"][0]
@@ -527,6 +544,10 @@ def main():
         if finished() or step % checkpoint_interval == 0:
             checkpoint()
     bar.close()
+    train_skips = {}                                            # reason -> count, over all ranks
+    for part in all_gather_objects_or_self(dict(Counter(skipped.values()))):
+        for k, v in part.items():
+            train_skips[k] = train_skips.get(k, 0) + v
     if master:
         log_file.close()
         first = history[0]["val_accuracy"]
@@ -537,7 +558,7 @@ def main():
                    "answers_generated": answers_generated, **za,
                    "seconds_per_step": sum(r["step_time"] for r in rows) / len(rows),
                    "rollout_tokens_per_s": sum(r["rollout_tokens_per_s"] for r in rows) / len(rows),
-                   "history": history}
+                   "skipped_records": {"train": train_skips, "val": val_skips}, "history": history}
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(f"val accuracy: {first:.3f} (start of RL) -> {final:.3f} (after {step} steps); zero-advantage ratio "

@@ -3,7 +3,9 @@
 #   python data/seedbench_r1/prepare.py --annotations .../training_6k.jsonl --video_root ... --out data/seedbench_r1/train.jsonl
 #   torchrun --nproc_per_node=8 train.py config/qwen25vl_7b_seedbench.py
 # Not published, our choice: lr 1e-6 (SEED-Bench-R1's trainer), 2000 steps, 768 new tokens,
-# temperature 1. The extra current-observation image of SEED-Bench-R1 is not fed (video only).
+# temperature 1. The current-observation image goes in after the video, as the paper feeds it
+# (user content: video, image, text; the converter keeps its path in meta.image), resized by the
+# frames' rule (max_pixels).
 init_from = "Qwen/Qwen2.5-VL-7B-Instruct"
 train_data = "data/seedbench_r1/train.jsonl"
 val_data = "data/seedbench_r1/validation_L1.jsonl"

@@ -7,7 +7,7 @@ import pytest
 
 import dataset
 from dataset import (convert_seedbench_r1, convert_video_r1, format_question, load_records,
-                     load_samples, option_letters, write_records)
+                     load_samples, option_letters, read_records_or_exit, write_records)
 from video import write_video
 
 
@@ -27,6 +27,11 @@ def rec(i, video="v.mp4", **kw):
          "meta": {"difficulty": 0.5}}
     r.update(kw)
     return r
+
+
+def stored(records):
+    """Records without the "where" (file:line) that load_records adds for messages."""
+    return [{k: v for k, v in r.items() if k != "where"} for r in records]
 
 
 def test_load_records_resolves_paths_and_defaults(tmp_path):
@@ -51,6 +56,11 @@ def test_load_records_resolves_paths_and_defaults(tmp_path):
     (json.dumps(rec(9, options="left,right")), "options must be a list"),
     (json.dumps(rec(0)), "duplicate id 'r0' (first on line 1)"),
     ("[1, 2]", "expected a JSON object"),
+    (json.dumps(rec(9, problem_type="numerical", options=[], answer="three")),
+     "numerical answer 'three' is not a number"),
+    (json.dumps(rec(9, problem_type="regression", options=[], answer="nan")), "is not a number"),
+    (json.dumps(rec(9, problem_type="free_form", options=[], answer=" ")), "free_form answer is empty"),
+    (json.dumps(rec(9, meta={"image": 3})), "meta.image must be a path"),
 ])
 def test_malformed_lines_name_file_and_line(tmp_path, bad, msg):
     path = tmp_path / "d.jsonl"
@@ -58,6 +68,16 @@ def test_malformed_lines_name_file_and_line(tmp_path, bad, msg):
     with pytest.raises(ValueError) as e:
         load_records(path)
     assert str(e.value).startswith(f"{path}:3: ") and msg in str(e.value), str(e.value)
+
+
+def test_non_utf8_line_and_empty_split(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(json.dumps(rec(0)).encode() + b"\n" + b'{"id": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=rf"{path}:2: not UTF-8 text \(byte 0xe9 at column 12\)"):
+        load_records(path)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(SystemExit, match=r"empty.jsonl: no records \(an empty split\)"):
+        read_records_or_exit(tmp_path / "empty.jsonl")
 
 
 def test_numerical_and_free_form_records(tmp_path):
@@ -72,7 +92,7 @@ def test_numerical_and_free_form_records(tmp_path):
 def test_write_records_round_trip_and_validation(tmp_path):
     rs = [rec(0, video="/x/a.mp4"), rec(1, video="/x/b.mp4", meta={"k": [1, 2]})]
     write_records(tmp_path / "sub" / "d.jsonl", rs)
-    assert load_records(tmp_path / "sub" / "d.jsonl") == rs
+    assert stored(load_records(tmp_path / "sub" / "d.jsonl")) == rs
     with pytest.raises(ValueError, match="record 1 .*answer 'Z'"):
         write_records(tmp_path / "e.jsonl", [rec(0), rec(1, answer="Z")])
 
@@ -156,7 +176,7 @@ def test_convert_video_r1(tmp_path):
     assert rs[2]["video"] == str(tmp_path / "root" / "img" / "sign.jpg")
     # what the adapter writes, load_records reads back unchanged
     write_records(tmp_path / "out.jsonl", rs)
-    assert load_records(tmp_path / "out.jsonl") == rs
+    assert stored(load_records(tmp_path / "out.jsonl")) == rs
 
 
 @pytest.mark.parametrize("change,msg", [
@@ -164,14 +184,38 @@ def test_convert_video_r1(tmp_path):
     ({"solution": "<answer>E</answer>"}, "item 0: answer 'E' is not an option letter"),
     ({"options": ["A. x", "C. y"]}, "item 0: option 1 'C. y' should start with 'B'"),
     ({"path": None}, "item 0: missing keys ['path']; present keys"),
+    ({"problem": None}, "item 0: problem must be a non-empty string, got None"),
+    ({"solution": 3}, "item 0: solution must be a non-empty string, got 3"),
+    ({"options": "A. x B. y"}, "item 0: options must be a list of strings, got 'A. x B. y'"),
+    ({"problem_type": "numerical", "solution": "<answer>many</answer>"},
+     "item 0: numerical answer 'many' is not a number"),
 ])
 def test_convert_video_r1_errors(tmp_path, change, msg):
     item = dict(VIDEO_R1[0], **change)
-    item = {k: v for k, v in item.items() if v is not None}
+    item = {k: v for k, v in item.items() if v is not None or k == "problem"}
     (tmp_path / "vr1.json").write_text(json.dumps([item]))
     with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("]", r"\]")
                        .replace("(", r"\(")):
         convert_video_r1(tmp_path / "vr1.json", tmp_path)
+
+
+def test_video_r1_bad_items_skipped_by_the_cli(tmp_path, capsys):
+    from data.video_r1.prepare import main
+    items = [VIDEO_R1[0], dict(VIDEO_R1[1], problem=None), dict(VIDEO_R1[2], solution=7),
+             dict(VIDEO_R1[0], problem_id=8, options="A. x\nB. y"), "not an item"]
+    (tmp_path / "vr1.json").write_text(json.dumps(items))
+    main(["--annotations", str(tmp_path / "vr1.json"), "--video_root", "/v", "--out", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    for i in (1, 2, 3, 4):
+        assert f"skipped {tmp_path}/vr1.json: item {i}: " in err
+    assert f"{tmp_path}/vr1.json: skipped 4 of 5 items" in err
+    assert [r["id"] for r in load_records(tmp_path / "o.jsonl")] == ["video_r1-7"]
+    (tmp_path / "latin1.json").write_bytes('[{"problem": "caf\xe9"}]'.encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"cannot convert: .*latin1.json: not UTF-8 text \(byte 0xe9 at offset 17\)"):
+        main(["--annotations", str(tmp_path / "latin1.json"), "--video_root", "/v", "--out", str(tmp_path / "x.jsonl")])
+    (tmp_path / "bad.json").write_text(json.dumps([{"problem": None}]))
+    with pytest.raises(SystemExit, match=r"bad.json: no usable item \(1 skipped\)"):
+        main(["--annotations", str(tmp_path / "bad.json"), "--video_root", "/v", "--out", str(tmp_path / "x.jsonl")])
 
 
 def test_video_r1_cli(tmp_path):
@@ -277,9 +321,20 @@ def test_seedbench_bad_lines(tmp_path):
         convert_seedbench_r1(path, tmp_path)
 
 
+def test_seedbench_bad_rows_skipped_with_file_and_line(tmp_path):
+    rows = [SB_VAL, dict(SB_VAL, sample_id="n1", video_source=None), dict(SB_VAL, sample_id="n2", question=5),
+            dict(SB_VAL, sample_id="n3", current_observation_basename=["a.png"])]
+    skipped = []
+    records = convert_seedbench_r1(sb_file(tmp_path, rows), tmp_path, skipped=skipped)
+    assert [r["id"] for r in records] == ["seedbench_r1-L2-5"]
+    assert skipped == [f"{tmp_path}/sb.jsonl:2: video_source must be a non-empty string, got None",
+                       f"{tmp_path}/sb.jsonl:3: question must be a non-empty string, got 5",
+                       f"{tmp_path}/sb.jsonl:4: current_observation_basename must be a string, got ['a.png']"]
+
+
 def test_seedbench_cli(tmp_path):
     from data.seedbench_r1.prepare import main
     path = sb_file(tmp_path, SB_TRAIN + [SB_VAL])
     main(["--annotations", str(path), "--video_root", str(tmp_path), "--out",
           str(tmp_path / "o.jsonl"), "--seed", "3"])
-    assert load_records(tmp_path / "o.jsonl") == convert_seedbench_r1(path, tmp_path, seed=3)
+    assert stored(load_records(tmp_path / "o.jsonl")) == convert_seedbench_r1(path, tmp_path, seed=3)

@@ -7,6 +7,10 @@ video_root is the data root holding videos/<video_source>/<video_basename> and
 images/<video_source>/<current_observation_basename>. Training rows get four options: the answer
 and three negatives drawn with --seed; validation rows keep choice_a..choice_d. See
 dataset.convert_seedbench_r1 for the field names.
+
+A bad item (a missing or mistyped field, an answer that is not an option letter or not a number)
+is skipped and named with its file and line; the count is printed at the end. A line that is not
+UTF-8 JSON, or a file with no good row at all, is an error.
 """
 
 import argparse
@@ -14,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from dataset import convert_seedbench_r1, write_records  # noqa: E402
+from dataset import convert_seedbench_r1, report_skips, write_records  # noqa: E402
 
 
 def main(argv=None):
@@ -24,7 +28,12 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output .jsonl")
     p.add_argument("--seed", type=int, default=0, help="draws the three negatives per training row")
     args = p.parse_args(argv)
-    records = convert_seedbench_r1(args.annotations, args.video_root, seed=args.seed)
+    skipped = []
+    try:
+        records = convert_seedbench_r1(args.annotations, args.video_root, seed=args.seed, skipped=skipped)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot convert: {e}")
+    report_skips(args.annotations, skipped, len(records))
     write_records(args.out, records)
     n_img = sum(r["meta"].get("no_video", False) for r in records)
     print(f"wrote {len(records)} records to {args.out} ({n_img} without a clip use the "

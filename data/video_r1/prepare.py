@@ -5,6 +5,10 @@
 
 Video paths in the output are absolute (video_root joined with each item's "path"). Items whose
 data_type is "image" are kept: PyAV reads an image as a one-frame video.
+
+A bad item (a missing or mistyped field, an answer that is not an option letter or not a number)
+is skipped and named with its file and index; the count is printed at the end. A file that is not
+UTF-8 JSON, or with no good item at all, is an error.
 """
 
 import argparse
@@ -12,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from dataset import convert_video_r1, write_records  # noqa: E402
+from dataset import convert_video_r1, report_skips, write_records  # noqa: E402
 
 
 def main(argv=None):
@@ -21,7 +25,12 @@ def main(argv=None):
     p.add_argument("--video_root", required=True, help="folder the items' paths are relative to")
     p.add_argument("--out", required=True, help="output .jsonl")
     args = p.parse_args(argv)
-    records = convert_video_r1(args.annotations, args.video_root)
+    skipped = []
+    try:
+        records = convert_video_r1(args.annotations, args.video_root, skipped=skipped)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot convert: {e}")
+    report_skips(args.annotations, skipped, len(records))
     write_records(args.out, records)
     print(f"wrote {len(records)} records to {args.out}")
 
