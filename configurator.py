@@ -89,8 +89,9 @@ def choice_problem(key, value, allowed):
     if value in allowed:
         return None
     names = [str(a) for a in allowed]
-    close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.5)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(str(value).lower(), list(lower), n=1, cutoff=0.5)
+    hint = f" (did you mean '{lower[close[0]]}'?)" if close else ""
     return f"{key}={value!r} is not one of {' | '.join(names)}{hint}"
 
 

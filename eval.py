@@ -37,7 +37,7 @@ device = "cpu"
 dtype = "float32"
 seed = 0
 # -----------------------------------------------------------------------------
-CHOICES = {"dtype": DTYPES}
+CHOICES = {"dtype": DTYPES, "sampler": ("auto", "fast", "hf")}
 
 
 def setting_problems(c):

@@ -104,7 +104,7 @@ EMBEDDED_SFT_DATA = "data/synthetic/sft.jsonl"   # the warm start's demonstratio
 CHOICES = {"loss": ("reg_grpo", "grpo", "rebel"), "reg_form": ("scaled", "paper"), "augment": ("none", "harder", "easier", "both"),
            "harder_mode": ("noise", "mask"), "vanishing_fix": ("none", "dynamic_sampling", "group_replay"),
            "dtype": DTYPES, "master_dtype": DTYPES, "distributed": ("ddp", "fsdp"),
-           "attn_implementation": ("sdpa", "flash_attention_2", "eager")}
+           "attn_implementation": ("sdpa", "flash_attention_2", "eager"), "sampler": ("auto", "fast", "hf")}
 
 
 def setting_problems(c):

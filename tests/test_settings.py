@@ -32,6 +32,7 @@ def train_check(tmp_path, *args):
     ("--harder_mode=blur", "harder_mode='blur' is not one of noise | mask"),
     ("--distributed=zero3", "distributed='zero3' is not one of ddp | fsdp"),
     ("--dtype=fp16", "(did you mean 'float16'?)"),
+    ("--sampler=fastest", "sampler='fastest' is not one of auto | fast | hf (did you mean 'fast'?)"),
     ("--master_dtype=float8", "master_dtype='float8' is not one of"),
     ("--difficulty_margin=-0.1", "difficulty_margin=-0.1: need >= 0"),
     ("--checkpoint_interval=0", "checkpoint_interval=0: need >= 1 step"),
@@ -95,6 +96,7 @@ def test_sft_eval_ablate_rules(tmp_path, monkeypatch):
         (sft, ["--dtype=bf16"], "did you mean 'bfloat16'"),
         (sft, ["--init_from=o/nope"], "init_from: o/nope: no such model directory"),   # o/: out_dir
         (eval_script, ["--model=run/ckpt.pt"], "model: run/ckpt.pt: no such checkpoint file"),
+        (eval_script, ["--sampler=HF"], "did you mean 'hf'"),
         (eval_script, ["--model=Qwen/Qwen2.5-VL-3B-Instruct", "--samples_per_question=0"],
          "samples_per_question=0: need >= 1"),
         (ablate, ["--arms=('grpo', 'reg-grpo+aug')"], "did you mean 'reg_grpo+aug'"),
