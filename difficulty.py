@@ -31,9 +31,13 @@ Choices the paper leaves open:
   the one where "std 0.1" means the same for every model.
 - Masking blacks out (sets to 0) whole frames chosen at random; mask_fraction(delta) =
   min(0.5, (|delta| + 1) / 8), i.e. l_perturb / 8: 1/8 to 3/8 of the frames for |delta| in [0, 2].
-- Hints: leading sentences of the first correct <think> trace from the sample's own group when one
-  exists (cheap stand-in for the paper's answer-conditioned re-sampling), else of the dataset's
-  reasoning, then "The answer is X." as the last piece; the first l_guide pieces are given.
+- Hints (the paper's recipe, whose wording it does not publish): the policy is shown the question
+  and its ground-truth answer, writes a few traces, the highest-reward one (against the ground
+  truth) is kept per sample (HintTraces). A correct answer from the group's own sampling, when there
+  is one, is the cheaper source and comes first; the dataset's reasoning is the last resort. A hint
+  is the first l_guide pieces: the trace's sentences before the first one naming the answer, then
+  "The answer is X." as the last piece, so the answer is given only when l_guide exceeds the
+  sentences that narrow the choice.
 
 Frames: (T, H, W, C) uint8 numpy arrays or torch tensors, or (T, C, H, W) float tensors in [0, 1].
 Outputs keep type, dtype, device, layout and value range; T is dim 0 in every layout.
@@ -208,6 +212,151 @@ def make_harder(frames, plan, mode="noise", sigma0=DEFAULT_SIGMA0, generator=Non
     return mask_frames(frames, mask_fraction(plan["delta"]), generator=generator)
 
 
+def plan_groups(rewards, group_size, r_ref, margin=DEFAULT_MARGIN, augment="both", flat_only=True):
+    """
+    Which groups to redo, and which way: plan_augmentation on each group's r_cur, then action "none"
+    where the settings leave a group alone: a direction `augment` (none | harder | easier | both)
+    does not ask for, or, with flat_only, a group whose rewards already differ (regenerating it can
+    only lose signal). The paper's rule is flat_only=False.
+    """
+    if augment not in ("none", "harder", "easier", "both"):
+        raise ValueError(f"plan_groups: augment must be none | harder | easier | both, got {augment!r}")
+    plans = plan_augmentation(group_mean_rewards(rewards, group_size), r_ref, margin)
+    flat = flat_groups(rewards, group_size).tolist()
+    for plan, is_flat in zip(plans, flat):
+        if augment not in (plan["action"], "both") or (flat_only and not is_flat):
+            plan.update(action="none", l_perturb=0.0, l_guide=0)
+    return plans
+
+
+def redo_groups(plans, records, videos, rollout, group_size, traces, harder_mode="noise",
+                sigma0=DEFAULT_SIGMA0, generator=None):
+    """
+    With what video or hint to redo each group: one {"redo", "frames", "hint"} per group.
+    "harder": the sample's frames made harder (make_harder), no hint. "easier": its own frames and a
+    hint of the first l_guide pieces of a trace (hint_trace). rollout: texts (N,) and accuracy (N,)
+    of the first sampling, groups of group_size contiguous. traces: the HintTraces store.
+    """
+    out = []
+    for i, (plan, record, frames) in enumerate(zip(plans, records, videos)):
+        hint = ""
+        if plan["action"] == "harder":
+            frames = make_harder(frames, plan, mode=harder_mode, sigma0=sigma0, generator=generator)
+        elif plan["action"] == "easier":
+            trace = hint_trace(record, own_correct_answers(rollout, group_size, i), traces)
+            hint = build_hint(plan["l_guide"], hint_pieces(trace, record))
+        out.append({"redo": plan["action"] != "none", "frames": frames, "hint": hint})
+    return out
+
+
+def wants_trace(plans, records, rollout, group_size, traces):
+    """Indices of the samples that need an answer-conditioned trace made now: "easier" groups with no
+    correct answer of their own and no trace stored yet."""
+    return [i for i, (plan, record) in enumerate(zip(plans, records))
+            if plan["action"] == "easier" and not own_correct_answers(rollout, group_size, i)
+            and record["id"] not in traces]
+
+
+# ---- easier: hints ----
+
+class HintTraces:
+    """
+    The paper's source of hints: for each sample (by id), the highest-reward of a few reasoning traces
+    the policy wrote when shown the question and its ground-truth answer (answer_piece), rewarded
+    against the ground truth as usual. Made once per sample, when a hint first needs it, then kept
+    (state_dict goes into the checkpoint). "" when no trace got the answer right.
+    """
+
+    def __init__(self):
+        self.traces = {}  # sample id -> <think> text of the best correct trace, or ""
+
+    def add(self, sample_id, completions, accuracy, rewards):
+        accuracy, rewards = [float(a) for a in accuracy], [float(r) for r in rewards]
+        if not len(completions) == len(accuracy) == len(rewards):
+            raise ValueError(f"HintTraces.add: {len(completions)} completions, {len(accuracy)} accuracies, "
+                             f"{len(rewards)} rewards for {sample_id!r}")
+        correct = [j for j, a in enumerate(accuracy) if a > 0]
+        best = max(correct, key=lambda j: rewards[j], default=None)  # first of equals
+        self.traces[sample_id] = "" if best is None else _think(completions[best]).strip()
+
+    def get(self, sample_id):
+        return self.traces.get(sample_id, "")
+
+    def __contains__(self, sample_id):
+        return sample_id in self.traces
+
+    def __len__(self):
+        return len(self.traces)
+
+    def state_dict(self):
+        return {"traces": dict(self.traces)}
+
+    def load_state_dict(self, state):
+        if not isinstance(state, dict) or not isinstance(state.get("traces"), dict):
+            raise KeyError(f"HintTraces.load_state_dict: expected {{'traces': {{id: text}}}}, got {state!r:.80}")
+        self.traces = {str(k): str(v) for k, v in state["traces"].items()}
+
+
+def own_correct_answers(rollout, group_size, i):
+    """Group i's completions that got the answer right (accuracy > 0), in sampling order."""
+    rows = range(i * group_size, (i + 1) * group_size)
+    return [rollout.texts[j] for j in rows if rollout.accuracy[j] > 0]
+
+
+def hint_trace(record, own_correct=(), traces=None):
+    """The trace a hint is cut from, first found of: the group's own first correct answer (the
+    cheaper source), the stored answer-conditioned trace, the dataset's reasoning, ""."""
+    if isinstance(own_correct, str):
+        raise ValueError("hint_trace: own_correct must be a list of completions, got one string")
+    for text in own_correct:
+        if _think(text).strip():
+            return _think(text).strip()
+    return (traces.get(record["id"]) if traces is not None else "") or record.get("reasoning") or ""
+
+
+def answer_text(record):
+    """The answer as words: a multiple-choice letter's option text, else the answer itself."""
+    answer, options = str(record["answer"]).strip(), record.get("options") or []
+    if record.get("problem_type") == "multiple_choice" and len(answer) == 1 and 0 <= ord(answer) - 65 < len(options):
+        return str(options[ord(answer) - 65])
+    return answer
+
+
+def answer_piece(record):
+    """The last piece of every hint, and what the policy is shown when it writes a trace."""
+    return f"The answer is {' '.join(str(record['answer']).split()).rstrip('.')}."
+
+
+def names_answer(sentence, record):
+    """Does the sentence name the answer: its letter as a word (case kept), or its text (any case)?"""
+    letter, text = str(record["answer"]).strip(), answer_text(record)
+    if len(letter) == 1 and re.search(rf"\b{re.escape(letter)}\b", sentence):
+        return True
+    return bool(text) and re.search(rf"(?<!\w){re.escape(text)}(?!\w)", sentence, flags=re.IGNORECASE) is not None
+
+
+def hint_pieces(trace, record):
+    """
+    A hint's pieces in order: the trace's sentences before the first one that names the answer
+    (they narrow the choice without giving it), then answer_piece(record), always the last piece.
+    """
+    pieces = []
+    for sentence in _sentences(trace or ""):
+        if names_answer(sentence, record):
+            break
+        pieces.append(sentence)
+    return pieces + [answer_piece(record)]
+
+
+def build_hint(l_guide, pieces):
+    """The first l_guide pieces, one line (l_guide = round(|delta|) + 1: more for harder samples)."""
+    if isinstance(l_guide, bool) or not isinstance(l_guide, int) or l_guide < 0:
+        raise ValueError(f"build_hint: l_guide must be an int >= 0, got {l_guide!r}")
+    if isinstance(pieces, str):
+        raise ValueError("build_hint: pieces must be a list of strings, got one string")
+    return " ".join(pieces[:l_guide])
+
+
 def _sentences(text):
     text = " ".join(text.split())  # one line: hints must not break the prompt's layout
     return [s for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
@@ -216,25 +365,6 @@ def _sentences(text):
 def _think(completion):
     m = re.search(r"<think>(.*?)</think>", completion, flags=re.DOTALL)
     return m.group(1) if m else completion
-
-
-def build_hint(l_guide, correct_thinks=(), reasoning="", answer=""):
-    """
-    Hint of the first l_guide pieces. Pieces: sentences of the first non-empty correct trace
-    (a full completion, whose <think>...</think> part is used, or the bare trace), else sentences of
-    the dataset's reasoning; then "The answer is {answer}." when an answer is given. "" if none.
-    """
-    if isinstance(l_guide, bool) or not isinstance(l_guide, int) or l_guide < 0:
-        raise ValueError(f"build_hint: l_guide must be an int >= 0, got {l_guide!r}")
-    if isinstance(correct_thinks, str):
-        raise ValueError("build_hint: correct_thinks must be a list of strings, got one string")
-    pieces = next((s for s in (_sentences(_think(c)) for c in correct_thinks) if s), None)
-    if pieces is None:
-        pieces = _sentences(reasoning or "")
-    answer = " ".join(str(answer).split()).rstrip(".")
-    if answer:
-        pieces = pieces + [f"The answer is {answer}."]
-    return " ".join(pieces[:l_guide])
 
 
 def make_easier_prompt(question_text, hint):

@@ -29,8 +29,8 @@ from checkpoint import (load_checkpoint, load_states, model_state, optimizer_sta
                         save_checkpoint, set_rng_state, unwrap)
 from configurator import DTYPES, configure, device_ok, writable_dir
 from dataset import VideoError, load_samples, read_records_or_exit, read_sample
-from difficulty import (DEFAULT_MARGIN, RewardBuffer, build_hint, flat_groups, group_mean_rewards, make_harder,
-                        plan_augmentation, zero_advantage_ratio)
+from difficulty import (DEFAULT_MARGIN, HintTraces, RewardBuffer, answer_piece, group_mean_rewards,
+                        plan_groups, redo_groups, wants_trace, zero_advantage_ratio)
 from eval import evaluate
 from model import completion_logps, enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
 from model import load_policy, load_reference, max_positions, source_problem
@@ -68,7 +68,8 @@ noise_sigma0 = 0.1            # noise std in [0, 1] pixel units per unit of l_pe
 buffer_window = 12            # steps in the reward buffer (the paper: 100 samples)
 difficulty_margin = DEFAULT_MARGIN  # the paper augments on any nonzero delta (margin 0); with G = 8 a group
                               # mean moves about 0.2 by sampling noise alone, so a margin leaves those alone
-augment_flat_only = True      # augment only groups whose rewards are all equal (see sample_with_augmentation)
+augment_flat_only = True      # augment only groups whose rewards are all equal (see difficulty.plan_groups)
+hint_trace_samples = 8        # traces the policy writes, shown the answer, per sample that needs a hint
 vanishing_fix = "none"        # other remedies, for the ablation: none | dynamic_sampling | group_replay
 resample_rounds = 3           # dynamic_sampling: at most this many extra draws per step
 replay_capacity = 32          # group_replay: informative groups kept for reuse
@@ -227,6 +228,10 @@ def means_over_ranks(values):
     return dict(zip(values, (t / dist.get_world_size()).tolist()))
 
 
+def mean_or_none(values):
+    return sum(values) / len(values) if values else None
+
+
 def mean_over_ranks(value):
     if not dist.is_initialized():
         return value
@@ -271,69 +276,65 @@ def draw_prompts(records, rng, n, skipped):
 
 # ----------------------------------------------------------------------------- one step
 
-def sample_groups(policy, processor, prompts, videos, hints=None, synced=False):
-    """G answers per prompt with the sampling settings above, scored."""
-    return generate_rollout(policy, processor, prompts, videos, group_size, hints=hints,
+def sample_groups(policy, processor, prompts, videos, hints=None, synced=False, n=None):
+    """n (default G) answers per prompt with the sampling settings above, scored."""
+    return generate_rollout(policy, processor, prompts, videos, n or group_size, hints=hints,
                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             fps=fps, synced_gpus=synced, sampler=sampler)
 
 
-def sample_with_augmentation(policy, processor, prompts, buffer, gen, synced):
-    """Roll out, then regenerate the groups that the difficulty rule marks too easy or too hard.
+def sample_subset(policy, processor, prompts, videos, hints, synced, spare, n=None):
+    """sample_groups on a possibly empty subset of the step's prompts (None when empty).
 
-    Returns the rollout to train on, the per-prompt group means before augmentation (what goes into
-    the reward buffer), the zero-advantage ratio before augmentation, and what was changed.
+    Under FSDP2 every rank must run generate as often as the others: a rank with nothing to do
+    samples `spare` (one of its own prompts) and throws the answers away.
+    """
+    if synced and any_rank(prompts) and not prompts:   # any_rank is a collective: every rank calls it
+        sample_groups(policy, processor, [spare], [spare["frames"]], synced=synced, n=n)
+    return sample_groups(policy, processor, prompts, videos, hints, synced, n) if prompts else None
 
-    With `augment_flat_only` (our default) a group that already has reward variance is kept as
-    sampled: regenerating it can only lose signal (in a first trial on the tiny default the trained
-    batch sometimes had more flat groups after augmentation than before). The paper's rule, every
-    sample beyond the margin, is `--augment_flat_only=False`.
+
+def sample_with_augmentation(policy, processor, prompts, r_ref, traces, gen, synced):
+    """Sample; ask difficulty.py which groups to redo, and with what video or hint; re-sample; splice.
+
+    Returns the rollout to train on, the per-prompt group means r_cur of the first sampling (what goes
+    into the reward buffer), its zero-advantage ratio, what was changed (counts of "harder" and
+    "easier" groups, the hints, the mean rewards of hinted groups before and after the hint) and the
+    number of answers generated.
     """
     G = group_size
     videos = [p["frames"] for p in prompts]
-    rollout = sample_groups(policy, processor, prompts, videos, synced=synced)
-    r_cur = group_mean_rewards(rollout.rewards, G)
-    za_before = zero_advantage_ratio(rollout.rewards, G)
-    r_ref = buffer.mean()
-    changes = {"harder": 0, "easier": 0, "hints": []}
-    if augment == "none" or r_ref is None:
-        return rollout, r_cur, za_before, changes, len(rollout.texts)
-    plans = plan_augmentation(r_cur.tolist(), r_ref, margin=difficulty_margin)
-    flat = flat_groups(rollout.rewards, G).tolist()
-    redo, redo_videos, redo_hints = [], [], []
-    for i, plan in enumerate(plans):
-        if augment_flat_only and not flat[i]:
-            continue
-        if plan["action"] == "harder" and augment in ("harder", "both"):
-            redo_videos.append(make_harder(videos[i], plan, mode=harder_mode, sigma0=noise_sigma0,
-                                           generator=gen))
-            redo_hints.append("")
-        elif plan["action"] == "easier" and augment in ("easier", "both"):
-            rows = range(i * G, (i + 1) * G)
-            correct = [rollout.texts[j] for j in rows if rollout.accuracy[j] > 0]
-            hint = build_hint(plan["l_guide"], correct, prompts[i].get("reasoning", ""), prompts[i]["answer"])
-            if not hint:
-                continue
-            redo_videos.append(videos[i])
-            redo_hints.append(hint)
-            changes["hints"].append(hint)
-        else:
-            continue
-        redo.append(i)
-        changes[plan["action"]] += 1
-    n_generated = len(rollout.texts)
-    if synced and any_rank(redo) and not redo:      # any_rank is a collective: every rank calls it
-        # under FSDP2 every rank runs generate as often as the others: a throwaway round
-        sample_groups(policy, processor, prompts[:1], videos[:1], synced=synced)
-    if redo:
-        new = sample_groups(policy, processor, [prompts[i] for i in redo], redo_videos, redo_hints, synced)
-        n_generated += len(new.texts)
-        parts = []
-        for i in range(len(prompts)):
-            source, k = (new, redo.index(i)) if i in redo else (rollout, i)
-            parts.append(source.select(group_rows(k)))
-        rollout = concat_rollouts(parts)
-    return rollout, r_cur, za_before, changes, n_generated
+    first = sample_groups(policy, processor, prompts, videos, synced=synced)                     # sample
+    plans = plan_groups(first.rewards, G, r_ref, difficulty_margin, augment, augment_flat_only)  # ask
+    need = [prompts[i] for i in wants_trace(plans, prompts, first, G, traces)]
+    n_traces = write_hint_traces(policy, processor, need, traces, synced, spare=prompts[0])
+    redo = redo_groups(plans, prompts, videos, first, G, traces, harder_mode, noise_sigma0, gen)
+    rows = [i for i, r in enumerate(redo) if r["redo"]]
+    new = sample_subset(policy, processor, [prompts[i] for i in rows], [redo[i]["frames"] for i in rows],
+                        [redo[i]["hint"] for i in rows], synced, spare=prompts[0])               # re-sample
+    groups = [first.select(group_rows(i)) for i in range(len(prompts))]
+    for k, i in enumerate(rows):                                                                  # splice
+        groups[i] = new.select(group_rows(k))
+    r_cur = group_mean_rewards(first.rewards, G)
+    r_new = dict(zip(rows, group_mean_rewards(new.rewards, G).tolist())) if rows else {}
+    hinted = [i for i in rows if redo[i]["hint"]]
+    changes = {"harder": len(rows) - len(hinted), "easier": len(hinted), "hints": [redo[i]["hint"] for i in hinted],
+               "reward_hinted": [r_new[i] for i in hinted], "reward_hinted_before": [r_cur[i].item() for i in hinted]}
+    n_generated = len(first.texts) + n_traces + (len(new.texts) if rows else 0)
+    return concat_rollouts(groups), r_cur, zero_advantage_ratio(first.rewards, G), changes, n_generated
+
+
+def write_hint_traces(policy, processor, prompts, traces, synced, spare):
+    """The paper's hint source, made once per sample: shown the question and its ground-truth answer,
+    the policy writes `hint_trace_samples` traces; HintTraces keeps the highest-reward correct one.
+    Returns the number of answers generated."""
+    k = hint_trace_samples
+    out = sample_subset(policy, processor, prompts, [p["frames"] for p in prompts],
+                        [answer_piece(p) for p in prompts], synced, spare, n=k)
+    for i, p in enumerate(prompts):
+        rows = slice(i * k, (i + 1) * k)
+        traces.add(p["id"], out.texts[rows], out.accuracy[rows], out.rewards[rows])
+    return len(out.texts) if out is not None else 0
 
 
 def group_rows(i):
@@ -445,6 +446,7 @@ def main():
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay,
                                   fused=torch.device(device).type == "cuda")  # one kernel, not a per-tensor loop
     buffer = RewardBuffer(buffer_window)
+    traces = HintTraces()                    # the hints' answer-conditioned traces, made once per sample
 
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     sharded = distributed == "fsdp" and world_size > 1
@@ -453,6 +455,7 @@ def main():
         ckpt = load_checkpoint(ckpt_path)
         load_states(model, optimizer, ckpt, sharded)
         buffer.load_state_dict(ckpt["buffer"])
+        traces.load_state_dict(ckpt["hint_traces"][rank])
         set_rng_state(ckpt["rng"][rank], rng, gen)
         step, answers_generated, history = ckpt["step"], ckpt["answers_generated"], ckpt["history"]
         if master:
@@ -474,7 +477,8 @@ def main():
     def checkpoint():
         ckpt = {"model": model_state(model, sharded), "optimizer": optimizer_state(model, optimizer, sharded),
                 "step": step,
-                "buffer": buffer.state_dict(), "rng": all_gather_objects_or_self(rng_state(rng, gen)),
+                "buffer": buffer.state_dict(), "hint_traces": all_gather_objects_or_self(traces.state_dict()),
+                "rng": all_gather_objects_or_self(rng_state(rng, gen)),
                 "answers_generated": answers_generated, "history": history, "config": config}
         if master:
             save_checkpoint(ckpt_path, ckpt)
@@ -493,9 +497,10 @@ def main():
             group["lr"] = lr_at(step)
         prompts = draw_prompts(records, rng, prompts_per_step, skipped)
         t_gen = time.time()
+        r_ref = buffer.mean()                # the r_ref that classifies this step (read before the push)
         with autocast():
             rollout, r_cur, za_before, changes, n_gen = sample_with_augmentation(
-                generator_model, processor, prompts, buffer, gen, synced)
+                generator_model, processor, prompts, r_ref, traces, gen, synced)
             if vanishing_fix == "dynamic_sampling":          # ablation only (remedies.py)
                 def sample_fresh():
                     fresh = draw_prompts(records, rng, prompts_per_step, skipped)
@@ -523,7 +528,8 @@ def main():
             "zero_adv_before": mean_over_ranks(za_before),
             "zero_adv_after": mean_over_ranks(zero_advantage_ratio(rollout.rewards, group_size)),
             "augmented_harder": changes["harder"], "augmented_easier": changes["easier"],
-            "r_ref": buffer.mean(), **stats,
+            "r_ref": r_ref, "reward_hinted": mean_or_none(all_gather_floats(changes["reward_hinted"])),
+            "reward_hinted_before": mean_or_none(all_gather_floats(changes["reward_hinted_before"])), **stats,
             "completion_len": gen_tokens / len(rollout.texts),
             "step_time": time.time() - t0, "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
             "peak_mem_gb": peak_memory_gb(),

@@ -1,10 +1,15 @@
+import re
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from difficulty import (RewardBuffer, add_frame_noise, build_hint, flat_groups, group_mean_rewards,
-                        make_easier_prompt, make_harder, mask_fraction, mask_frames, plan_augmentation,
-                        zero_advantage_ratio)
+from data.synthetic.prepare import make_question
+from difficulty import (HintTraces, RewardBuffer, add_frame_noise, answer_piece, answer_text, build_hint,
+                        flat_groups, group_mean_rewards, hint_pieces, hint_trace, make_easier_prompt,
+                        make_harder, mask_fraction, mask_frames, names_answer, plan_augmentation, plan_groups,
+                        redo_groups, wants_trace, zero_advantage_ratio)
 
 
 def _uint8_frames(t=8, h=16, w=16, seed=0):
@@ -184,48 +189,134 @@ def test_bad_frames_raise():
 
 # ---- easier: hints ----
 
-TRACE = "<think>The square starts left. It moves right! Then it stops?</think><answer>B</answer>"
+MOTION = {"id": "m1", "question": "Which way does the red square move?", "options": ["left", "right", "up", "down"],
+          "answer": "B", "problem_type": "multiple_choice",
+          "reasoning": "It moves sideways. Its x grows. So it moves right."}
 
 
-def test_hint_prefers_correct_trace_and_grows_with_l_guide():
-    hints = [build_hint(k, correct_thinks=["<think></think><answer>B</answer>", TRACE],
-                        reasoning="Dataset reasoning.", answer="B") for k in (1, 2, 3, 4, 5)]
-    assert hints[0] == "The square starts left."
-    assert hints[1] == "The square starts left. It moves right!"
-    assert hints[2] == "The square starts left. It moves right! Then it stops?"
-    assert hints[3] == hints[2] + " The answer is B."
-    assert hints[4] == hints[3]  # nothing more to give
+def _words(text):
+    return re.findall(r"[A-Za-z0-9]+", text)
+
+
+@pytest.mark.parametrize("i", range(16))
+def test_one_piece_hint_names_neither_letter_nor_answer_text(i):
+    """On every family of the synthetic data: the first piece names neither the letter nor the option
+    text (checked word by word, not with names_answer); the answer comes only as the last piece."""
+    record, _ = make_question(3, "train", i)
+    letter, text = record["answer"], record["options"]["ABCD".index(record["answer"])]
+    pieces = hint_pieces(record["reasoning"], record)
+    assert len(pieces) == 3 and pieces[-1] == f"The answer is {letter}."  # two narrowing steps, then it
+    for l_guide in (1, 2):
+        words = _words(build_hint(l_guide, pieces))
+        assert letter not in words and text.lower() not in [w.lower() for w in words], (l_guide, pieces)
+    assert build_hint(3, pieces).endswith(f"The answer is {letter}.")
+    assert build_hint(9, pieces) == build_hint(3, pieces)  # nothing more to give
+
+
+def test_hint_pieces_stop_before_the_first_sentence_naming_the_answer():
+    trace = "The square moves. It goes RIGHT! Then it stops. So B."
+    assert hint_pieces(trace, MOTION) == ["The square moves.", "The answer is B."]
+    assert hint_pieces("B is it. It moves.", MOTION) == ["The answer is B."]   # the letter, as a word
+    assert hint_pieces("A bright square moves.", MOTION) == ["A bright square moves.", "The answer is B."]
+    assert hint_pieces("", MOTION) == ["The answer is B."]
+    number = {"answer": "3.5", "problem_type": "numerical"}
+    assert hint_pieces("Two parts. Sum is 3.5 here.", number) == ["Two parts.", "The answer is 3.5."]
+    assert answer_text(MOTION) == "right" and answer_piece(MOTION) == "The answer is B."
+    assert [names_answer(s, MOTION) for s in ("Rightwards.", "right.", "Bob.", "(B)")] == [False, True, False, True]
+
+
+def test_build_hint_grows_with_l_guide_and_checks_input():
+    pieces = ["One.", "Two!", "Three?", "The answer is B."]
+    hints = [build_hint(k, pieces) for k in range(6)]
+    assert hints[0] == "" and hints[1] == "One." and hints[3] == "One. Two! Three?"
+    assert hints[4] == hints[5] == "One. Two! Three? The answer is B."
     assert all(b.startswith(a) for a, b in zip(hints, hints[1:]))
-
-
-def test_hint_falls_back_to_reasoning_then_answer():
-    reasoning = "The red square starts on the left.\nIt ends on the right. So it moves right."
-    assert build_hint(2, reasoning=reasoning, answer="B") == \
-        "The red square starts on the left. It ends on the right."
-    assert build_hint(4, reasoning=reasoning, answer="B").endswith("So it moves right. The answer is B.")
-    assert build_hint(1, answer="3.5") == "The answer is 3.5."
-    assert build_hint(2, answer="it moves right.") == "The answer is it moves right."
-    assert build_hint(3) == "" and build_hint(0, reasoning=reasoning, answer="B") == ""
-    assert build_hint(1, correct_thinks=["bare trace. second."]) == "bare trace."
     with pytest.raises(ValueError, match="list of strings"):
-        build_hint(1, correct_thinks=TRACE)
+        build_hint(1, "One. Two.")
+    with pytest.raises(ValueError, match="l_guide must be an int"):
+        build_hint(1.0, pieces)
+
+
+def test_hint_traces_keep_the_best_correct_trace_and_round_trip(tmp_path):
+    traces = HintTraces()
+    completions = ["<think>wrong but formatted.</think><answer>A</answer>", "no tags, right B",
+                   "<think>It moves sideways.</think><answer>B</answer>", "<think>later.</think><answer>B</answer>"]
+    traces.add("m1", completions, accuracy=[0, 1, 1, 1], rewards=[1, 1, 2, 2])
+    assert traces.get("m1") == "It moves sideways."       # highest reward among correct, first of equals
+    traces.add("m2", completions[:1], accuracy=[0], rewards=[1])
+    assert "m2" in traces and traces.get("m2") == "" and traces.get("never") == "" and len(traces) == 2
+    torch.save(traces.state_dict(), tmp_path / "t.pt")    # plain python types: loads with weights_only
+    other = HintTraces()
+    other.load_state_dict(torch.load(tmp_path / "t.pt", weights_only=True))
+    assert other.state_dict() == traces.state_dict() == {"traces": {"m1": "It moves sideways.", "m2": ""}}
+    with pytest.raises(ValueError, match="3 completions, 2 accuracies"):
+        traces.add("m3", completions[:3], accuracy=[1, 1], rewards=[2, 2, 2])
+    with pytest.raises(KeyError, match="traces"):
+        other.load_state_dict({"window": 3})
+
+
+def test_hint_trace_prefers_own_answers_then_stored_then_reasoning():
+    traces = HintTraces()
+    traces.add("m1", ["<think>Stored trace.</think><answer>B</answer>"], [1], [2])
+    own = ["<think></think><answer>B</answer>", "<think>Own trace.</think><answer>B</answer>"]
+    assert hint_trace(MOTION, own, traces) == "Own trace."
+    assert hint_trace(MOTION, [], traces) == "Stored trace."
+    assert hint_trace(MOTION, [], HintTraces()) == MOTION["reasoning"]
+    assert hint_trace({**MOTION, "reasoning": ""}) == ""
+    with pytest.raises(ValueError, match="list of completions"):
+        hint_trace(MOTION, "one string")
 
 
 def test_easier_prompt_appends_marked_hint_line():
     q = "Which way does the red square move?\nA. left\nB. right"
     assert make_easier_prompt(q, "") == q
-    out = make_easier_prompt(q, build_hint(1, reasoning="It starts left. Then right.", answer="B"))
-    assert out == q + "\nHint: It starts left."
+    assert make_easier_prompt(q, build_hint(1, hint_pieces(MOTION["reasoning"], MOTION))) == q + "\nHint: It moves sideways."
 
 
-def test_hard_sample_gets_hint_easy_sample_gets_noise():
-    rewards = [2.0] * 4 + [0.0] * 4  # all-correct group, all-wrong group
-    buf = RewardBuffer(window=4)
-    buf.push([1.0, 1.0])
-    plans = plan_augmentation(group_mean_rewards(rewards, 4), buf.mean())
-    frames = _uint8_frames()
-    assert [p["action"] for p in plans] == ["harder", "easier"]
-    assert not np.array_equal(make_harder(frames, plans[0], generator=0), frames)
-    assert make_harder(frames, plans[1], generator=0) is frames
-    hint = build_hint(plans[1]["l_guide"], reasoning="It starts left. It ends right.", answer="B")
-    assert hint == "It starts left. It ends right."  # |delta| = 1 -> l_guide = 2
+# ---- the plan per group: which groups to redo, and with what video or hint ----
+
+def _rollout(texts, accuracy):
+    return SimpleNamespace(texts=texts, accuracy=torch.tensor(accuracy, dtype=torch.float32))
+
+
+def test_plan_groups_applies_flat_only_and_augment_mode():
+    rewards = [2.0, 2.0, 0.0, 0.0, 2.0, 0.0, 1.0, 1.0]  # all-right, all-wrong, mixed, flat at r_ref
+    actions = lambda **kw: [p["action"] for p in plan_groups(rewards, 2, 1.0, margin=0.1, **kw)]
+    assert actions() == ["harder", "easier", "none", "none"]
+    assert actions(flat_only=False) == ["harder", "easier", "none", "none"]  # mixed group's mean is 1.0
+    assert actions(augment="harder") == ["harder", "none", "none", "none"]
+    assert actions(augment="easier") == ["none", "easier", "none", "none"]
+    assert actions(augment="none") == ["none"] * 4
+    assert [p["action"] for p in plan_groups([2.0, 1.0, 0.0, 0.0], 2, 0.5, flat_only=False)] == ["harder", "easier"]
+    assert [p["action"] for p in plan_groups([2.0, 1.0, 0.0, 0.0], 2, 0.5)] == ["none", "easier"]
+    assert [p["action"] for p in plan_groups(rewards, 2, None)] == ["none"] * 4  # empty buffer
+    with pytest.raises(ValueError, match="augment must be"):
+        plan_groups(rewards, 2, 1.0, augment="more")
+
+
+def test_redo_groups_gives_noisy_frames_to_easy_and_hints_to_hard_groups():
+    frames = [_uint8_frames(seed=s) for s in range(3)]
+    records = [{**MOTION, "id": f"m{i}"} for i in range(3)]
+    rollout = _rollout(["<think>x</think><answer>B</answer>"] * 2 + ["<think>x</think><answer>A</answer>"] * 4,
+                       [1, 1, 0, 0, 0, 0])
+    plans = plan_groups([2.0, 2.0, 0.0, 0.0, 1.0, 1.0], 2, 1.0)    # harder, easier (|delta| 1: l_guide 2), none
+    traces = HintTraces()
+    assert wants_trace(plans, records, rollout, 2, traces) == [1]
+    traces.add("m1", ["<think>It moves sideways. Stored. It moves right.</think><answer>B</answer>"], [1], [2])
+    assert wants_trace(plans, records, rollout, 2, traces) == []
+    redo = redo_groups(plans, records, frames, rollout, 2, traces, generator=0)
+    assert [r["redo"] for r in redo] == [True, True, False]
+    assert redo[0]["hint"] == "" and not np.array_equal(redo[0]["frames"], frames[0])
+    assert redo[1]["hint"] == "It moves sideways. Stored." and redo[1]["frames"] is frames[1]
+    assert redo[2]["hint"] == "" and redo[2]["frames"] is frames[2]
+    masked = redo_groups(plans, records, frames, rollout, 2, traces, harder_mode="mask", generator=0)[0]["frames"]
+    assert (masked.reshape(8, -1).max(1) == 0).sum() >= 1      # whole frames blacked out
+
+
+def test_redo_groups_uses_the_groups_own_correct_answer_first():
+    records = [MOTION]
+    rollout = _rollout(["<think>Own. So right.</think><answer>B</answer>", "<think>y</think><answer>A</answer>"], [1, 0])
+    plans = plan_groups([1.0, 0.0], 2, 1.9, flat_only=False)     # |delta| 1.4: l_guide 2
+    assert plans[0]["l_guide"] == 2 and wants_trace(plans, records, rollout, 2, HintTraces()) == []
+    assert redo_groups(plans, records, [_uint8_frames()], rollout, 2, HintTraces())[0]["hint"] == \
+        "Own. The answer is B."

@@ -159,6 +159,16 @@ def test_difficulty_changes_the_pixels():
         assert ne == 1 and nh >= 3     # colours on screen: target only vs target + distractors
 
 
+# what each reasoning step leaves possible, written out by hand (colours: warm red/yellow, bright yellow/green)
+STEP_OPTIONS = {"It moves sideways.": {"left", "right"}, "It moves vertically.": {"up", "down"},
+                "Its x grows.": {"right"}, "Its x shrinks.": {"left"}, "Its y grows.": {"down"}, "Its y shrinks.": {"up"},
+                "It turns warm.": {"red", "yellow"}, "It turns cool.": {"green", "blue"},
+                "The first colour is warm.": {"red", "yellow"}, "The first colour is cool.": {"green", "blue"},
+                "It is the brighter of the two.": {"yellow", "green"}, "It is the darker of the two.": {"red", "blue"},
+                "There are fewer than three.": {"1", "2"}, "There are more than two.": {"3", "4"},
+                "Their number is odd.": {"1", "3"}, "Their number is even.": {"2", "4"}}
+
+
 def test_records_are_balanced_and_regular():
     recs = [make_question(0, "train", i)[0] for i in range(400)]
     letters = Counter(r["answer"] for r in recs)
@@ -171,8 +181,12 @@ def test_records_are_balanced_and_regular():
         assert r["meta"]["answer_text"] == truth
         assert len(r["options"]) == 4 == len(set(r["options"]))
         assert not re.search(r"\b[A-D]\b", r["reasoning"]), r["reasoning"]  # no letter leak
-        assert r["reasoning"].endswith(f" {truth}.") or r["reasoning"].endswith(f" {truth} appears first.")
-        assert 2 <= r["reasoning"].count(". ") + 1 <= 3
+        first, second, last = re.split(r"(?<=\.) ", r["reasoning"])
+        allowed = STEP_OPTIONS[first]
+        assert truth in allowed and len(allowed) == 2, r["reasoning"]      # step 1: four options -> two
+        assert allowed & STEP_OPTIONS[second] == {truth}, r["reasoning"]   # step 2: two -> the answer
+        assert truth not in re.findall(r"\w+", first + " " + second)       # named only by the last step
+        assert last.endswith(f" {truth}.") or last.endswith(f" {truth} appears first.")
         assert truth not in r["question"].rstrip("?").split()  # the text alone does not tell
 
 
@@ -215,7 +229,7 @@ def test_teacher_slips_only_where_told(tmp_path):
 
 def test_teacher_slip_rate():
     """The slip happens with the probability asked for, independently per question."""
-    record = {"reasoning": "It is yellow at the end. So it turns yellow.", "answer": "D",
+    record = {"reasoning": "It turns warm. It is the brighter of the two. So it turns yellow.", "answer": "D",
               "options": ["red", "green", "blue", "yellow"], "meta": {"family": "colour", "answer_text": "yellow"}}
     slipped = [teacher_demonstration(record, 0.6, seed=0, i=i)["answer"] == "B" for i in range(4000)]
     assert abs(np.mean(slipped) - 0.6) < 0.03                  # 3.9 standard errors

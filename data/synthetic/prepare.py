@@ -23,9 +23,15 @@ there is no noise and nothing else on screen. As d -> 1, on a per-question d dra
   timing    colour change at frame 4 -> 7; first appearance gap 4 -> 1 frames (same token step)
   objects   0 -> 3 distractors (moving ones for motion; more objects to order for first)
   noise     Gaussian on 4x4 pixel blocks, std 0 up to d = 0.3, then rising to 32 at d = 1
-Every question carries a short two-sentence reasoning trace that ends with the answer text (never
-the letter) and copies nothing from the question, e.g. "It starts on the left and ends further
-right. So it moves right." Ground truth is in meta (family, difficulty, answer_text and the family's parameters).
+Every question carries a short reasoning trace of three steps: the first two narrow the four options
+to two and then to one without naming any answer, the last names the answer text (never the letter):
+  motion  "It moves sideways. Its x grows. So it moves right."          (image axes: y grows downward)
+  colour  "It turns warm. It is the darker of the two. So it turns red."
+  count   "There are more than two. Their number is odd. So there are 3."
+  first   "The first colour is cool. It is the brighter of the two. So green appears first."
+(warm: red, yellow; cool: green, blue; brighter: yellow, green; darker: red, blue). The hints of
+difficulty.py give a trace's first steps, so a one-step hint guides without giving the answer away.
+Ground truth is in meta (family, difficulty, answer_text and the family's parameters).
 
 train.jsonl and val.jsonl hold ground truth: answers for the RL rewards and the evaluation. sft.jsonl
 holds the SFT warm start's demonstrations for the same train questions, written by a simulated
@@ -57,6 +63,7 @@ TARGETS = ("red", "green", "blue", "yellow")  # the options of the colour and fi
 SOURCES = ("cyan", "magenta", "white")         # starting colours of the colour family
 DIRECTIONS = ("left", "right", "up", "down")
 FAMILIES = ("motion", "colour", "count", "first")
+WARM, BRIGHT = ("red", "yellow"), ("yellow", "green")  # the two halvings the colour reasoning uses
 CELL = 37  # 3x3 grid for static layouts with more than 4 objects (size <= 28 - 18 * 0.75)
 
 
@@ -122,9 +129,11 @@ def other_colours(rng, exclude, n):
 # -----------------------------------------------------------------------------
 # the four families: each returns (video float (T, H, W, 3), question, options, letter, reasoning, meta)
 
-def third(v, s, names):
-    c = v + s / 2
-    return names[0] if c < H / 3 else names[1] if c < 2 * H / 3 else names[2]
+def colour_steps(c):
+    """Two steps that single out one of red/green/blue/yellow without naming it: warm or cool, then
+    the brighter or the darker of that pair, e.g. 'warm. It is the darker of the two.' for red."""
+    return (f"{'warm' if c in WARM else 'cool'}. "
+            f"It is the {'brighter' if c in BRIGHT else 'darker'} of the two.")
 
 
 def motion(rng, k):
@@ -137,10 +146,10 @@ def motion(rng, k):
     direction = DIRECTIONS[rng.integers(4)]
     start, end = _move(video, rng, shape, s, direction, travel, colour)
     axis = 1 if direction in ("left", "right") else 0
-    where = third(start[axis], s, ("on the left", "in the middle", "on the right") if axis
-                  else ("at the top", "in the middle", "at the bottom"))
     options, letter = mc(direction, DIRECTIONS)
-    reasoning = f"It starts {where} and ends further {direction}. So it moves {direction}."
+    grows = "grows" if direction in ("right", "down") else "shrinks"
+    reasoning = (f"It moves {'sideways' if axis else 'vertically'}. Its {'x' if axis else 'y'} {grows}. "
+                 f"So it moves {direction}.")
     meta = {"colour": colour, "shape": shape, "direction": direction,
             "start": list(start), "end": list(end)}
     return video, f"Which way does the {colour} {shape} move?", options, letter, reasoning, meta
@@ -175,7 +184,7 @@ def colour_change(rng, k, d):
         for t in range(T):
             draw(video[t], sh, s, y, x, a if t < t_b else b)
     options, letter = mc(c1, TARGETS)
-    reasoning = f"It is {c1} at the end. So it turns {c1}."
+    reasoning = f"It turns {colour_steps(c1)} So it turns {c1}."
     meta = {"colour": c0, "shape": shape, "new_colour": c1, "change_frame": change,
             "position": list(pos[0])}
     return video, f"What colour does the {c0} {shape} turn into?", options, letter, reasoning, meta
@@ -195,8 +204,8 @@ def count(rng, k):
         for t in range(T):
             draw(video[t], sh, s, y, x, c)
     options, letter = mc(str(n), ("1", "2", "3", "4"))
-    rest = "no others" if n_d == 0 else f"{n_d} of other colours"
-    reasoning = f"I see {n} of that colour and {rest}. So there {'is' if n == 1 else 'are'} {n}."
+    reasoning = (f"There are {'fewer than three' if n <= 2 else 'more than two'}. "
+                 f"Their number is {'odd' if n % 2 else 'even'}. So there {'is' if n == 1 else 'are'} {n}.")
     meta = {"colour": colour, "count": n, "distractor_colours": d_colours}
     return video, f"How many {colour} shapes are there?", options, letter, reasoning, meta
 
@@ -214,7 +223,7 @@ def first(rng, k, d):
         for t in range(t0 + i * gap, T):
             draw(video[t], shapes[i], s, *pos[i], colours[i])
     options, letter = mc(colours[0], TARGETS)
-    reasoning = f"The {colours[0]} {shapes[0]} appears first. So {colours[0]} appears first."
+    reasoning = f"The first colour is {colour_steps(colours[0])} So {colours[0]} appears first."
     meta = {"order": colours, "shapes": shapes, "times": [t0 + i * gap for i in range(n)]}
     return video, "Which colour appears first?", options, letter, reasoning, meta
 
