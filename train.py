@@ -61,7 +61,9 @@ beta = 0.04                   # KL to the reference policy (0: no reference mode
 clip_eps = 0.2                # grpo only
 adv_eps = 1e-4
 std_floor = 1e-4              # reg_grpo: Ahat = (rho - mean) / max(std, std_floor)
-rho_token_mean = False        # reg_grpo: rho = token mean of the log-ratios instead of their sum
+rho_token_mean = True         # reg_grpo: rho = token mean of the log-ratios (False: their sum, the paper read
+                              # literally). With the scaled form the mean makes the rho = 0 gradient GRPO's own,
+                              # so beta weighs the KL as in GRPO (scripts/loss_scale.py)
 augment = "both"              # none | harder | easier | both
 harder_mode = "noise"         # noise | mask
 noise_sigma0 = 0.1            # noise std in [0, 1] pixel units per unit of l_perturb
