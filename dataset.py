@@ -163,7 +163,8 @@ def write_records(path, records):
 
 def load_samples(records, num_frames=8, max_pixels=112 * 112, log=print, fps=None,
                  size_multiple=28, skipped=None):
-    """Each record plus "frames" ((T, H, W, 3) uint8) and, when meta["image"] names one, "image"
+    """Each record plus "frames" ((T, H, W, 3) uint8), their "times" ((T,) seconds, from
+    video.read_video) and, when meta["image"] names one, "image"
     ((H, W, 3) uint8, resized by the frames' pixel budget). A record whose video or image fails to
     read is logged one line each ("skip file:LINE (id): path: reason") and skipped; its reason is
     counted into `skipped` (a dict) when given; a summary line "skipped K of N records (...)" always
@@ -190,11 +191,12 @@ def load_samples(records, num_frames=8, max_pixels=112 * 112, log=print, fps=Non
 
 
 def read_sample(record, num_frames=8, max_pixels=112 * 112, fps=None, size_multiple=28):
-    """The record plus its decoded "frames" and, when meta["image"] names one, its "image"
+    """The record plus its decoded "frames" and their "times", and, when meta["image"] names one, its "image"
     (SEED-Bench-R1's current observation; not for rows whose video is that image already).
     Raises VideoError for a video or image that cannot be read."""
-    sample = dict(record, frames=read_video(record["video"], num_frames=num_frames, fps=fps,
-                                            max_pixels=max_pixels, size_multiple=size_multiple))
+    frames, times = read_video(record["video"], num_frames=num_frames, fps=fps, max_pixels=max_pixels,
+                               size_multiple=size_multiple)
+    sample = dict(record, frames=frames, times=times)
     meta = record.get("meta", {})
     if meta.get("image") and not meta.get("no_video"):
         sample["image"] = read_image(meta["image"], max_pixels, size_multiple)
@@ -204,7 +206,8 @@ def read_sample(record, num_frames=8, max_pixels=112 * 112, fps=None, size_multi
 def read_image(path, max_pixels=112 * 112, size_multiple=28):
     """(H, W, 3) uint8: an image read like one video frame (PyAV decodes images as one-frame videos),
     resized by the same rule, H * W <= max_pixels, multiples of size_multiple."""
-    return read_video(path, num_frames=1, max_pixels=max_pixels, size_multiple=size_multiple)[0]
+    frames, _ = read_video(path, num_frames=1, max_pixels=max_pixels, size_multiple=size_multiple)
+    return frames[0]
 
 
 # -----------------------------------------------------------------------------

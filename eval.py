@@ -32,7 +32,7 @@ batch_size = 64              # questions per generate call; wider is faster on C
 max_new_tokens = 64
 num_frames = 8
 max_pixels = 112 * 112
-fps = 2.0
+fps = None                    # frames sampled at this rate (at most num_frames); None: spread over the clip
 device = "cpu"
 dtype = "float32"
 seed = 0
@@ -84,8 +84,8 @@ def difficulty_bucket(record):
 
 @torch.no_grad()
 def evaluate(policy, processor, samples, batch_size=64, max_new_tokens=64, samples_per_question=1,
-             temperature=1.0, fps=2.0, rank=0, world_size=1, sampler="auto"):
-    """Accuracy and format rate over `samples` (records with decoded "frames").
+             temperature=1.0, rank=0, world_size=1, sampler="auto"):
+    """Accuracy and format rate over `samples` (records with decoded "frames" and their "times").
 
     Under torchrun each rank answers a strided shard and the counts are summed; every rank runs the
     same number of generate calls (needed when the model is sharded with FSDP2).
@@ -100,7 +100,7 @@ def evaluate(policy, processor, samples, batch_size=64, max_new_tokens=64, sampl
         batch = batch or samples[:1]                                  # keep ranks in step
         rollout = generate_rollout(policy, processor, batch, [s["frames"] for s in batch],
                                    samples_per_question, max_new_tokens=max_new_tokens,
-                                   temperature=temperature, fps=fps, greedy=greedy,
+                                   temperature=temperature, greedy=greedy,
                                    synced_gpus=world_size > 1, sampler=sampler)
         acc = rollout.accuracy.view(len(batch), -1).mean(1)
         fmt = rollout.format.view(len(batch), -1).mean(1)
@@ -156,10 +156,10 @@ def main():
     if max_samples:
         records = records[:max_samples]
     skipped = {}                                                    # reason -> count, into the JSON
-    samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels, skipped=skipped)
+    samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels, fps=fps, skipped=skipped)
     samples = drop_long_prompts(processor, samples, max_positions(policy), max_new_tokens, skipped=skipped)
     results = evaluate(policy, processor, samples, batch_size, max_new_tokens, samples_per_question,
-                       temperature, fps, sampler=sampler)
+                       temperature, sampler=sampler)
     print(format_table(results))
     target = output_path(config)
     with open(target, "w") as f:

@@ -14,16 +14,19 @@ of one prompt contiguous (the layout `reg_grpo.py` expects). Every tensor a loss
 Rewards are plain functions of (completion text, record): change them here.
 """
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import transformers
 
 from dataset import format_question
 from difficulty import make_easier_prompt
 from model import completion_logps, vision_token_ids
 from sampler import resolve as resolve_sampler, sample
 
+STILL_SECONDS = 1.0  # seconds per temporal patch told for a clip with no motion in time (one frame)
 SYSTEM_PROMPT = (
     "You answer questions about a video. First think about what happens in the video inside "
     "<think> </think>, then give only the final answer inside <answer> </answer>."
@@ -44,17 +47,22 @@ def build_messages(record, hint="", system_prompt=SYSTEM_PROMPT):
     ]
 
 
-def encode_prompts(processor, records, videos, hints=None, fps=2.0):
+def encode_prompts(processor, records, videos, hints=None):
     """Tokenise B prompts with their videos into one left-padded batch (the layout generate needs).
 
-    videos: list of (T, H, W, 3) uint8 arrays, one per record, already sampled and resized.
+    videos: list of (T, H, W, 3) uint8 arrays, one per record, already sampled and resized; each
+    record's "times" (T,) are their presentation times in seconds (video.read_video returns both).
     """
     hints = hints or [""] * len(records)
     texts = [processor.apply_chat_template(build_messages(r, h), tokenize=False, add_generation_prompt=True)
              for r, h in zip(records, hints)]
-    # fps of the frames we pass: it sets `second_per_grid_ts`, the temporal spacing of the 3D rope.
-    # Without it the processor assumes 24 fps and an 8-frame clip's time steps nearly coincide.
-    metadata = [{"total_num_frames": len(v), "fps": fps} for v in videos]
+    # Qwen2.5-VL places each temporal patch of frames at tokens_per_second * second_per_grid_ts * k on
+    # its 3D rope; the processor sets second_per_grid_ts = temporal_patch_size / fps from this metadata.
+    patch = processor.video_processor.temporal_patch_size
+    seconds = [seconds_per_patch(r["times"], patch) for r in records]
+    if WHOLE_SECONDS_ONLY:
+        seconds = whole_seconds(seconds)
+    metadata = [{"total_num_frames": len(v), "fps": patch / s} for v, s in zip(videos, seconds)]
     images = [r["image"] for r in records if r.get("image") is not None]     # (H, W, 3) uint8 each
     batch = processor(text=texts, videos=list(videos), video_metadata=metadata, return_tensors="pt",
                       padding=True, padding_side="left", do_sample_frames=False,
@@ -96,6 +104,34 @@ def drop_long_prompts(processor, samples, max_positions, max_new_tokens, log=pri
         raise SystemExit(f"{samples[0].get('where', samples[0]['id']).rsplit(':', 1)[0]}: no usable records: "
                          f"every prompt + {max_new_tokens} new tokens exceeds {max_positions} positions")
     return kept
+
+
+def seconds_per_patch(times, temporal_patch_size=2):
+    """The real time between consecutive temporal patches of a clip: from the first frame of the first
+    patch to the first frame of the last, over the number of steps. A still (one patch, or every frame
+    at one time) gets STILL_SECONDS, which places its patches 1 s apart as if shown at 2 fps."""
+    starts = [float(t) for t in times[::temporal_patch_size]]
+    if len(starts) < 2 or starts[-1] <= starts[0]:
+        return STILL_SECONDS
+    return (starts[-1] - starts[0]) / (len(starts) - 1)
+
+
+def whole_seconds(seconds):
+    """transformers before 5.23 casts second_per_grid_ts to an integer in get_rope_index (0.5 s -> 0:
+    every temporal patch of the clip at one position); there the nearest whole second, at least 1, is
+    told instead, and a warning says so once."""
+    rounded = [max(1.0, float(round(s))) for s in seconds]
+    global _warned_whole_seconds
+    if rounded != seconds and not _warned_whole_seconds:
+        _warned_whole_seconds = True
+        warnings.warn(f"transformers {transformers.__version__} keeps only whole seconds per temporal patch "
+                      f"in Qwen2.5-VL's rope: telling {rounded[:4]} s instead of the true "
+                      f"{[round(s, 3) for s in seconds[:4]]} s (5.23 and later take the true value)")
+    return rounded
+
+
+WHOLE_SECONDS_ONLY = tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 23)
+_warned_whole_seconds = False
 
 
 def repeat_batch(batch, repeats):
@@ -340,7 +376,7 @@ def gathered_for_generation(model):
 
 @torch.no_grad()
 def generate_rollout(model, processor, records, videos, group_size, hints=None, max_new_tokens=64,
-                     temperature=1.0, top_p=1.0, fps=2.0, greedy=False, synced_gpus=False, sampler="auto"):
+                     temperature=1.0, top_p=1.0, greedy=False, synced_gpus=False, sampler="auto"):
     """Sample `group_size` answers for each (record, video) and score them.
 
     sampler: "fast" (sampler.py: one prefill per prompt, our compiled decode step), "hf" (transformers'
@@ -349,7 +385,7 @@ def generate_rollout(model, processor, records, videos, group_size, hints=None, 
     the next forward fail with "video features and video tokens do not match".
     """
     hints = hints or [""] * len(records)
-    prompt = encode_prompts(processor, records, videos, hints, fps=fps)          # B rows, cpu
+    prompt = encode_prompts(processor, records, videos, hints)          # B rows, cpu
     was_training = model.training
     model.eval()
     tok = processor.tokenizer

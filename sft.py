@@ -42,7 +42,7 @@ freeze_vision = False         # the tiny vision tower is random: it must learn t
 eval_samples = 1000
 num_frames = 8
 max_pixels = 112 * 112
-fps = 2.0
+fps = None                    # frames sampled at this rate (at most num_frames); None: spread over the clip
 device = "cpu"
 dtype = "float32"
 seed = 0
@@ -89,7 +89,7 @@ def corpus_texts(records):
 def sft_batch(processor, samples):
     """Prompts with their videos, then the reference completion ending in <|im_end|>."""
     tok = processor.tokenizer
-    prompt = encode_prompts(processor, samples, [s["frames"] for s in samples], fps=fps)
+    prompt = encode_prompts(processor, samples, [s["frames"] for s in samples])
     targets = [tok(reference_completion(s) + "<|im_end|>", add_special_tokens=False)["input_ids"]
                for s in samples]
     T = max(map(len, targets))
@@ -121,9 +121,10 @@ def main():
     policy, processor = load_policy(init_dir, dtype=getattr(torch, dtype), device=device)
     if freeze_vision:
         freeze_vision_tower(policy)
-    samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels)
+    samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels, fps=fps)
     require_batch(samples, "records with a readable video")
-    val = load_samples(read_records_or_exit(val_data)[:eval_samples], num_frames=num_frames, max_pixels=max_pixels)
+    val = load_samples(read_records_or_exit(val_data)[:eval_samples], num_frames=num_frames, max_pixels=max_pixels,
+                       fps=fps)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     policy.train()
@@ -145,7 +146,7 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     policy.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    results = evaluate(policy, processor, val, fps=fps)
+    results = evaluate(policy, processor, val)
     print(format_table(results))
     with open(os.path.join(out_dir, "sft_summary.json"), "w") as f:
         json.dump({"config": config, "val": results, "seconds": time.time() - t0}, f, indent=2)

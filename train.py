@@ -82,7 +82,7 @@ top_p = 1.0
 sampler = "auto"              # fast (sampler.py) | hf (transformers' generate) | auto: fast
 num_frames = 8
 max_pixels = 112 * 112
-fps = 2.0
+fps = None                    # frames sampled at this rate (at most num_frames); None: spread over the clip
 # optimisation
 max_steps = 100
 max_answers = 0               # stop once this many answers were generated (0: off); equal budgets
@@ -265,7 +265,7 @@ def draw_prompts(records, rng, n, skipped):
         if record["id"] in skipped:
             continue
         try:
-            sample = read_sample(record, num_frames=num_frames, max_pixels=max_pixels)
+            sample = read_sample(record, num_frames=num_frames, max_pixels=max_pixels, fps=fps)
         except VideoError as e:
             skipped[record["id"]] = e.kind
             print(f"skipping {record.get('where')} ({record['id']}): {e} ({len(skipped)} skipped so far)")
@@ -282,7 +282,7 @@ def sample_groups(policy, processor, prompts, videos, hints=None, synced=False, 
     """n (default G) answers per prompt with the sampling settings above, scored."""
     return generate_rollout(policy, processor, prompts, videos, n or group_size, hints=hints,
                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            fps=fps, synced_gpus=synced, sampler=sampler)
+                            synced_gpus=synced, sampler=sampler)
 
 
 def sample_subset(policy, processor, prompts, videos, hints, synced, spare, n=None):
@@ -425,7 +425,7 @@ def main():
 
     records, val_records = read_records_or_exit(train_data), read_records_or_exit(val_data)
     val_skips = {}                                              # reason -> count, into summary.json
-    val = load_samples(val_records[:eval_samples], num_frames=num_frames, max_pixels=max_pixels,
+    val = load_samples(val_records[:eval_samples], num_frames=num_frames, max_pixels=max_pixels, fps=fps,
                        log=print if master else (lambda *a, **k: None), skipped=val_skips)
     policy, processor = load_policy(init_from, dtype=getattr(torch, master_dtype), device=device,
                                     attn_implementation=attn_implementation)
@@ -467,8 +467,8 @@ def main():
 
     def run_eval():
         with autocast():
-            results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, fps=fps,
-                               rank=rank, world_size=world_size, sampler=sampler)
+            results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, rank=rank,
+                               world_size=world_size, sampler=sampler)
         history.append({"step": step, "answers_generated": answers_generated,
                         "val_accuracy": results["all"]["accuracy"], "val_format": results["all"]["format"]})
         if master:

@@ -3,13 +3,17 @@
 Bad videos raise VideoError("<path>: <reason>").
 """
 
+import itertools
 import math
 import os
+import warnings
 
 import av
 import numpy as np
 
 TEXT_DEMUXERS = ("tty", "txt")
+SEEK_AHEAD = 2.0  # seconds: a target further past the decoder than this is reached by seeking
+TIME_EPS = 1e-6  # seconds: timestamps this close count as equal
 
 
 class VideoError(ValueError):
@@ -49,66 +53,169 @@ def target_size(height, width, max_pixels=112 * 112, size_multiple=28):
     return h, w
 
 
-def sample_indices(n, num_frames=8, fps=None, native_fps=None):
-    """Frame indices to keep out of n decoded frames.
-
-    Uniform: num_frames indices at the centres of num_frames equal segments (repeats when n is
-    smaller). fps given: one frame every native_fps / fps frames from the start, thinned uniformly
-    to at most num_frames.
-    """
-    if n <= 0:
-        raise ValueError(f"cannot sample from n={n} frames")
+def sample_times(start, end, num_frames=8, fps=None):
+    """Target times (seconds) in [start, end): the centres of num_frames equal segments, or (fps
+    given) start + k / fps, thinned uniformly to at most num_frames."""
     if fps is None:
-        return [min(n - 1, int((k + 0.5) * n / num_frames)) for k in range(num_frames)]
-    if not native_fps or native_fps <= 0:
-        raise ValueError(f"fps sampling needs the video's native fps, got {native_fps}")
-    step = native_fps / fps
-    idx = [int(round(k * step)) for k in range(int(math.floor((n - 1) / step)) + 1)]
-    idx = [i for i in idx if i < n] or [0]
-    if len(idx) > num_frames:
-        idx = [idx[int((k + 0.5) * len(idx) / num_frames)] for k in range(num_frames)]
-    return idx
+        return [start + (k + 0.5) * (end - start) / num_frames for k in range(num_frames)]
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    times = [start + k / fps for k in range(max(1, math.ceil((end - start) * fps - 1e-9)))]
+    if len(times) > num_frames:
+        times = [times[int((k + 0.5) * len(times) / num_frames)] for k in range(num_frames)]
+    return times
 
 
-def _count_packets(path):
-    """(number of video packets, native fps, frame count the header claims or 0)."""
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise VideoError(path, "no video stream")
-        stream = container.streams.video[0]
-        if container.format.name in TEXT_DEMUXERS:  # ffmpeg renders text files as "video"
-            raise VideoError(path, f"not a video file (ffmpeg sees {container.format.name!r} "
-                                   f"text, codec {stream.codec_context.name!r})")
-        rate = stream.average_rate or stream.guessed_rate
-        claimed = stream.frames or 0
-        n = sum(1 for packet in container.demux(stream) if packet.size > 0)
-    return n, (float(rate) if rate else None), claimed
+def _decoded(container, stream, seconds=None):
+    """Frames from the keyframe at or before `seconds` (None: where the demuxer is) to the end.
+    A packet the decoder rejects (damage inside the file) loses its frames, not the clip."""
+    if seconds is not None:
+        container.seek(int(seconds / stream.time_base), stream=stream, backward=True)
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.InvalidDataError:
+            continue
 
 
-def _decode(path, keep, max_pixels, size_multiple):
-    """Decode every frame; return (total decoded, {index: (H, W, 3) uint8} for indices in keep)."""
-    kept, n = {}, 0
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        size = None
-        for frame in container.decode(stream):
-            if n in keep:
-                if size is None:
-                    size = target_size(frame.height, frame.width, max_pixels, size_multiple)
-                rgb = frame.reformat(width=size[1], height=size[0], format="rgb24",
-                                     interpolation="AREA", threads=1)  # threads: determinism
-                kept[n] = rgb.to_ndarray()
-            n += 1
-    return n, kept
+class _SeekFailed(Exception):
+    pass
+
+
+def _seek_before(container, stream, t, start):
+    """Decoded frames from a keyframe that starts at or before t. Containers may index keyframes
+    by decode time, which runs ahead of presentation time with B-frames: when a seek lands after
+    t, seek again further back."""
+    back = 0.0
+    while True:
+        frames = _decoded(container, stream, max(start, t - back))
+        first = next(frames, None)
+        if first is not None and first.time is not None and first.time <= t + TIME_EPS:
+            return itertools.chain([first], frames)
+        if t - back <= start:
+            raise _SeekFailed(f"a seek to {t:.3f} s gave a first frame at "
+                              f"{first and first.time} s")
+        back = max(SEEK_AHEAD, 2 * back)
+
+
+def _on_screen(container, stream, targets, seek, start, rate):
+    """[(frame, time)] on screen at each target time (sorted, seconds): the last frame starting at
+    or before it. seek: a target more than SEEK_AHEAD s past the decoder is reached by seeking to
+    the keyframe before it; otherwise the stream is decoded once from where the demuxer is. Frames
+    without timestamps (raw streams, never seeked) are timed by index / rate."""
+    picked, cur, ahead, index = [], None, None, 0
+    frames = iter(()) if seek else _decoded(container, stream)
+    for t in targets:
+        if ahead is not None and ahead[1] > t + TIME_EPS:  # still on screen
+            picked.append(cur)
+            continue
+        here = (ahead or cur or (None, -math.inf))[1]
+        if seek and t - here > SEEK_AHEAD:
+            frames, cur, ahead = _seek_before(container, stream, t, start), None, None
+        elif ahead is not None:
+            cur, ahead = ahead, None
+        for frame in frames:
+            time = frame.time if frame.time is not None else index / rate
+            index += 1
+            if time > t + TIME_EPS:
+                ahead = (frame, time)
+                break
+            cur = (frame, time)
+        picked.append(cur)
+    return picked
+
+
+def _claimed_end(container, stream):
+    """End of the video in seconds as the header says (stream duration, else the container's)."""
+    if stream.duration:
+        return float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+    if container.duration:
+        return ((container.start_time or 0) + container.duration) / av.time_base
+    return None
+
+
+def _packet_end(path, packets, time_base):
+    """Presentation end (seconds) of the latest of these packets, None when none has a pts. A
+    packet cut short (a file truncated inside it, e.g. a fragmented mp4) raises VideoError."""
+    end = None
+    for p in packets:
+        if p.is_corrupt:
+            raise VideoError(path, f"truncated or corrupt (the packet at {float(p.pts * time_base):.2f} s "
+                                   f"is cut short)")
+        if p.pts is not None:
+            end = max(end or 0.0, float((p.pts + (p.duration or 0)) * time_base))
+    return end
+
+
+def _plan(container, path):
+    """(stream, first frame, start s, end s, seekable): end from the last packets, found by a seek
+    near the claimed end; a full demux pass only where there is no claimed end to seek to."""
+    if not container.streams.video:
+        raise VideoError(path, "no video stream")
+    stream = container.streams.video[0]
+    if container.format.name in TEXT_DEMUXERS:  # ffmpeg renders text files as "video"
+        raise VideoError(path, f"not a video file (ffmpeg sees {container.format.name!r} "
+                               f"text, codec {stream.codec_context.name!r})")
+    stream.thread_type = "AUTO"
+    first = next(_decoded(container, stream), None)
+    if first is None:
+        raise VideoError(path, "no decodable frames")
+    if first.time is None:  # a raw stream: no timestamps; time frames by the codec's rate
+        _warn_linear_once(path, "no timestamps")
+        with av.open(path) as c:
+            n = sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+        return stream, first, 0.0, n / _rate(stream), False
+    claimed = _claimed_end(container, stream)
+    end = None
+    if claimed is not None:
+        container.seek(int(claimed / stream.time_base), stream=stream, backward=True)
+        end = _packet_end(path, container.demux(stream), stream.time_base)
+    seekable = end is not None
+    if end is None:
+        with av.open(path) as c:
+            end = _packet_end(path, c.demux(c.streams.video[0]), stream.time_base)
+    if claimed is not None and end < claimed - max(0.5, 0.02 * (claimed - first.time)):
+        raise VideoError(path, f"truncated or corrupt (the header says the video ends at "
+                               f"{claimed:.2f} s, its last frame ends at {end:.2f} s)")
+    return stream, first, first.time, max(end, first.time + 1e-3), seekable
+
+
+def _rate(stream):
+    rate = stream.codec_context.framerate or stream.guessed_rate or stream.average_rate
+    return float(rate) if rate else 25.0
+
+
+def _warn_linear_once(path, why):
+    global _warned_linear
+    if not _warned_linear:
+        _warned_linear = True
+        warnings.warn(f"{path}: cannot seek ({why}); decoding from the start instead (slower with "
+                      f"long clips; said once, for the first such file)", stacklevel=2)
+
+
+_warned_linear = False
+
+
+def _to_rgb(frame, height, width, turns):
+    """(H, W, 3) uint8, resized to (height, width) after `turns` counter-clockwise quarter turns."""
+    h, w = (width, height) if turns % 2 else (height, width)
+    rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA",
+                         threads=1).to_ndarray()  # threads: determinism
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def read_video(path, num_frames=8, fps=None, max_pixels=112 * 112, size_multiple=28):
-    """Read a video into (T, H, W, 3) uint8 with PyAV.
+    """Read a video with PyAV: (frames (T, H, W, 3) uint8, times (T,) float64 seconds).
 
-    T = num_frames frames sampled uniformly over the clip, or (fps given) one frame per 1/fps
-    seconds from the start, thinned uniformly to at most num_frames. Frames are resized keeping
-    the aspect ratio so that H * W <= max_pixels and H, W are multiples of size_multiple.
+    Frames are sampled by presentation time: num_frames targets at the centres of equal segments
+    of the clip, or (fps given) one every 1/fps seconds from the first frame, thinned uniformly to
+    at most num_frames; each target gets the frame on screen at that time. Frames repeat only when
+    more are asked than the clip has (under fps sampling never: a frame is kept once). times[k] is
+    frame k's presentation time from the clip's first frame. Far-apart targets are reached by
+    seeking to the keyframe before them, so the cost grows with T, not the clip's length; a file
+    that cannot be seeked in is decoded from the start (a warning says so once).
+    Rotation tags and non-square pixels are applied, then frames are resized keeping the display
+    aspect ratio so that H * W <= max_pixels and H, W are multiples of size_multiple.
     Missing, empty, truncated and non-video files raise VideoError("<path>: <reason>").
     """
     path = str(path)
@@ -119,19 +226,17 @@ def read_video(path, num_frames=8, fps=None, max_pixels=112 * 112, size_multiple
     if os.path.getsize(path) == 0:
         raise VideoError(path, "empty file (0 bytes)")
     try:
-        n, native_fps, claimed = _count_packets(path)
-        if n == 0:
-            raise VideoError(path, "no decodable frames (0 video packets)")
-        if claimed and n < claimed:
-            raise VideoError(path, f"truncated or corrupt (header says {claimed} frames, "
-                                   f"found {n})")
-        keep = sample_indices(n, num_frames, fps, native_fps)
-        n_dec, kept = _decode(path, set(keep), max_pixels, size_multiple)
-        if n_dec == 0:
-            raise VideoError(path, "no decodable frames")
-        if n_dec != n:  # packets that decode to no frame (e.g. edit lists): sample again
-            keep = sample_indices(n_dec, num_frames, fps, native_fps)
-            n_dec, kept = _decode(path, set(keep), max_pixels, size_multiple)
+        with av.open(path) as container:
+            stream, first, start, end, seekable = _plan(container, path)
+            targets = sample_times(start, end, num_frames, fps)
+            picked = _pick(path, container, stream, targets, start, seekable)
+            if fps is not None:  # sampling faster than the clip's own rate keeps each frame once
+                picked = [p for i, p in enumerate(picked) if i == 0 or p[1] != picked[i - 1][1]]
+            turns = round(getattr(first, "rotation", 0) / 90) % 4  # counter-clockwise
+            width = first.width * float(stream.codec_context.sample_aspect_ratio or 1)
+            h, w = (width, first.height) if turns % 2 else (first.height, width)
+            size = target_size(h, w, max_pixels, size_multiple)
+            arrays = {time: _to_rgb(frame, *size, turns) for frame, time in picked}
     except VideoError:
         raise
     except av.FFmpegError as e:
@@ -141,7 +246,22 @@ def read_video(path, num_frames=8, fps=None, max_pixels=112 * 112, size_multiple
         raise VideoError(path, f"{reason} ({type(e).__name__}: {e})") from e
     except (EOFError, OSError, RuntimeError) as e:
         raise VideoError(path, f"truncated or corrupt ({type(e).__name__}: {e})") from e
-    return np.stack([kept[i] for i in keep])  # (T, H, W, 3)
+    frames = np.stack([arrays[time] for _, time in picked])  # (T, H, W, 3)
+    return frames, np.array([time - start for _, time in picked])
+
+
+def _pick(path, container, stream, targets, start, seekable):
+    """The (frame, time) on screen at each target: by seeking where it works, else linearly."""
+    rate = _rate(stream)
+    if seekable:
+        try:
+            return _on_screen(container, stream, targets, True, start, rate)
+        except (_SeekFailed, av.FFmpegError) as e:
+            _warn_linear_once(path, e)
+    with av.open(path) as c:  # decoded frames keep their own buffers after the file is closed
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        return _on_screen(c, s, targets, False, start, rate)
 
 
 def write_video(path, frames, fps=4, qp=12, codec="libx264"):

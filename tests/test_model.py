@@ -155,6 +155,26 @@ def test_video_fps_reaches_rope_through_video_metadata(policy):
     assert (t - start).tolist() == [[0, 2, 4, 6], [0, 4, 8, 12]]
 
 
+def test_encode_prompts_tells_each_clip_its_true_spacing(policy):
+    """The same 8 frames, read 0.5 s apart from one clip and 2.5 s apart from another, get different
+    temporal rope positions (whole seconds per patch, so that transformers 5.17 agrees)."""
+    from rollout import encode_prompts, per_video
+    model, processor = policy
+    clip = videos(1)[0]
+    record = {"question": "Q", "options": [], "problem_type": "free_form"}
+    records = [dict(record, times=np.arange(8) * 0.5), dict(record, times=np.arange(8) * 2.5)]
+    batch = encode_prompts(processor, records, [clip, clip])
+    assert batch["second_per_grid_ts"].tolist() == [1.0, 5.0]
+    assert torch.equal(*per_video(batch["pixel_values_videos"], batch["video_grid_thw"]))
+    types = (batch["input_ids"] == model.config.video_token_id).int() * 2
+    pos, _ = model.model.get_rope_index(batch["input_ids"], mm_token_type_ids=types,
+                                        video_grid_thw=batch["video_grid_thw"],
+                                        second_per_grid_ts=batch["second_per_grid_ts"],
+                                        attention_mask=batch["attention_mask"])
+    t = pos[0][types.bool()].view(2, 4, 16)[:, :, 0]
+    assert (t - t[:, :1]).tolist() == [[0, 2, 4, 6], [0, 10, 20, 30]]  # tokens_per_second 2
+
+
 def test_special_ids_agree(policy):
     model, processor = policy
     tok = processor.tokenizer

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from configurator import configure
-from rollout import (accuracy_reward, completion_mask_until, edit_distance, extract_answer, format_reward,
-                     lcs_length, option_letter, repeat_batch, rouge_reward, select_visual, wer_reward)
+from rollout import (STILL_SECONDS, accuracy_reward, completion_mask_until, edit_distance, extract_answer,
+                     format_reward, lcs_length, option_letter, repeat_batch, rouge_reward, seconds_per_patch,
+                     select_visual, wer_reward, whole_seconds)
 
 MC = {"problem_type": "multiple_choice", "answer": "B", "options": ["l", "r", "u", "d"]}
 
@@ -130,3 +131,16 @@ def test_lcs_and_edit_distance_against_brute_force():
         b = [rng.choice("abc") for _ in range(rng.randint(0, 5))]
         assert lcs_length(a, b) == brute_lcs(a, b), (a, b)
         assert edit_distance(a, b) == brute_edit(a, b), (a, b)
+
+
+def test_seconds_per_patch_by_hand():
+    assert seconds_per_patch([0.0, 0.25, 0.5, 0.75, 1.0, 1.25]) == 0.5  # 4 fps, patches of 2 frames
+    assert seconds_per_patch([0.0, 0.0, 0.1, 0.1, 0.2, 0.2]) == pytest.approx(0.1)  # each frame twice
+    assert seconds_per_patch([0.08, 0.48, 1.0, 1.08, 2.0], 2) == pytest.approx(0.96)  # starts 0.08, 1.0, 2.0
+    assert seconds_per_patch([0.0, 0.5, 1.0, 1.5], 1) == 0.5
+    assert seconds_per_patch([0.0] * 8) == seconds_per_patch([0.3]) == STILL_SECONDS
+
+
+def test_whole_seconds_for_old_transformers():
+    with pytest.warns(UserWarning, match="whole seconds"):
+        assert whole_seconds([0.5, 0.9999, 1.4, 2.6]) == [1.0, 1.0, 1.0, 3.0]

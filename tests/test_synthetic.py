@@ -98,7 +98,7 @@ def solve(question, options, frames):
 def roundtrip(tmp_path, name, frames):
     path = tmp_path / f"{name}.mp4"
     write_video(path, frames, qp=14)
-    return read_video(path, num_frames=8)
+    return read_video(path, num_frames=8)[0]
 
 
 def test_deterministic_per_seed(tmp_path):
@@ -111,7 +111,7 @@ def test_deterministic_per_seed(tmp_path):
         assert (a / f"{split}.jsonl").read_bytes() != (c / f"{split}.jsonl").read_bytes()
     ra, rb = load_records(a / "train.jsonl"), load_records(b / "train.jsonl")
     for x, y in zip(ra + load_records(a / "val.jsonl"), rb + load_records(b / "val.jsonl")):
-        assert np.array_equal(read_video(x["video"]), read_video(y["video"]))
+        assert np.array_equal(read_video(x["video"])[0], read_video(y["video"])[0])
     assert len(ra) == 12 and ra[0]["video"].startswith(str(a))
     # train and val draw from different streams
     assert ra[0]["question"] != load_records(a / "val.jsonl")[0]["question"] or \
@@ -123,7 +123,7 @@ def test_generated_videos_answer_their_questions(tmp_path):
     generate(tmp_path, seed=0, n_train=32, n_val=8)
     records = load_records(tmp_path / "train.jsonl") + load_records(tmp_path / "val.jsonl")
     for r in records:
-        frames = read_video(r["video"], num_frames=8)
+        frames, _ = read_video(r["video"], num_frames=8)
         assert frames.shape == (8, 112, 112, 3)
         truth = r["options"]["ABCD".index(r["answer"])]
         assert solve(r["question"], r["options"], frames) == truth, (r["id"], r["meta"])

@@ -1,10 +1,13 @@
 """video.py: PyAV reading (sampling, resizing, bad files) and writing."""
 
+from fractions import Fraction
+
 import av
 import numpy as np
 import pytest
 
-from video import VideoError, read_video, sample_indices, target_size, write_video
+import video
+from video import VideoError, read_video, sample_times, target_size, write_video
 
 
 def marked_clip(t=16, h=112, w=112):
@@ -29,49 +32,166 @@ def clip(tmp_path_factory):
     return path
 
 
+def write_clip(path, times_ms=None, n=16, rate=8, codec="libx264", fmt=None, rotation=0, sar=None,
+               gop=12, options=None, h=64, w=160):
+    """Frame i shows i in binary (10 blocks of 16 px, white = 1); pts from times_ms (a ms time
+    base) or i / rate. Returns the path."""
+    custom_times = times_ms is not None
+    times_ms = times_ms or [round(1000 * i / rate) for i in range(n)]
+    with av.open(str(path), "w", format=fmt, options=options or {}) as container:
+        stream = container.add_stream(codec, rate=1000 if custom_times else rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"g": str(gop), "threads": "1"}
+        stream.thread_count = 1
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if sar:
+            stream.codec_context.sample_aspect_ratio = sar
+        for i, t in enumerate(times_ms):
+            img = np.zeros((h, w, 3), np.uint8)
+            img[h // 2:, : w // 2] = (255, 0, 0)
+            for bit in range(10):
+                img[:16, 16 * bit:16 * bit + 16] = 255 * (i >> bit & 1)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def frame_number(img):
+    """The number write_clip drew, read back from a (resized) frame."""
+    bw = img.shape[1] / 10
+    return sum(1 << bit for bit in range(10)
+               if img[3:10, int(bw * bit + bw / 4):int(bw * bit + 3 * bw / 4), 1].mean() > 128)
+
+
 # -----------------------------------------------------------------------------
 # reading
 
 def test_round_trip_uniform_sampling(clip):
-    v = read_video(clip, num_frames=8)
+    v, times = read_video(clip, num_frames=8)
     assert v.shape == (8, 112, 112, 3) and v.dtype == np.uint8
-    # centres of 8 equal segments of 16 frames: 1, 3, ..., 15
+    # centres of 8 equal segments of 2 s at 8 fps: 0.125, 0.375, ... -> frames 1, 3, ..., 15
     assert [marker_frame(f) for f in v] == list(range(1, 16, 2))
+    assert times.tolist() == [i / 8 for i in range(1, 16, 2)]
     assert np.abs(v[:, 50:74, 50:74].astype(int) - (255, 0, 0)).max() <= 6  # colour survives
-    v4 = read_video(clip, num_frames=4)
+    v4, _ = read_video(clip, num_frames=4)
     assert [marker_frame(f) for f in v4] == [2, 6, 10, 14]
-    v32 = read_video(clip, num_frames=32)  # more than the clip has: frames repeat in order
+    v32, times = read_video(clip, num_frames=32)  # more than the clip has: frames repeat in order
     assert [marker_frame(f) for f in v32] == [i // 2 for i in range(32)]
+    assert times.tolist() == [i // 2 / 8 for i in range(32)]
 
 
 def test_fps_sampling(clip):
-    # 16 frames at 8 fps = 2 s; 2 fps -> one frame every 4 -> 0, 4, 8, 12
-    v = read_video(clip, num_frames=16, fps=2)
-    assert [marker_frame(f) for f in v] == [0, 4, 8, 12]
-    v = read_video(clip, num_frames=16, fps=8)
+    # 16 frames at 8 fps = 2 s; 2 fps -> one frame every 0.5 s -> 0, 4, 8, 12
+    v, times = read_video(clip, num_frames=16, fps=2)
+    assert [marker_frame(f) for f in v] == [0, 4, 8, 12] and times.tolist() == [0, 0.5, 1, 1.5]
+    v, _ = read_video(clip, num_frames=16, fps=8)
     assert [marker_frame(f) for f in v] == list(range(16))
-    v = read_video(clip, num_frames=2, fps=8)  # capped at num_frames, spread uniformly
+    v, times = read_video(clip, num_frames=64, fps=32)  # faster than the clip: each frame once
+    assert [marker_frame(f) for f in v] == list(range(16)) and times.tolist() == [i / 8 for i in range(16)]
+    v, _ = read_video(clip, num_frames=2, fps=8)  # capped at num_frames, spread uniformly
     assert [marker_frame(f) for f in v] == [4, 12]
 
 
-def test_sample_indices_by_hand():
-    assert sample_indices(10, 5) == [1, 3, 5, 7, 9]
-    assert sample_indices(3, 6) == [0, 0, 1, 1, 2, 2]
-    assert sample_indices(30, 100, fps=1, native_fps=10) == [0, 10, 20]
-    assert sample_indices(30, 100, fps=3, native_fps=10) == [0, 3, 7, 10, 13, 17, 20, 23, 27]
+def test_sample_times_by_hand():
+    assert sample_times(0.0, 10.0, 5) == [1, 3, 5, 7, 9]
+    assert sample_times(1.0, 4.0, 100, fps=1) == [1, 2, 3]
+    assert sample_times(0.0, 3.0, 100, fps=3) == [k / 3 for k in range(9)]
+    assert sample_times(0.0, 3.0, 3, fps=3) == [1 / 3, 4 / 3, 7 / 3]  # 9 thinned to 3
     with pytest.raises(ValueError):
-        sample_indices(10, 4, fps=2, native_fps=None)
+        sample_times(0.0, 1.0, 4, fps=0)
+
+
+# bursts of frames with gaps: the average rate (10 frames in 1.64 s) puts frames in the wrong places
+VFR_MS = [0, 40, 80, 400, 440, 480, 1000, 1040, 1080, 1600]
+
+
+@pytest.mark.parametrize("ext,codec", [("mkv", "libx264"), ("mp4", "libx264"), ("webm", "libvpx-vp9")])
+def test_variable_frame_rate_by_timestamps(tmp_path, ext, codec):
+    path = write_clip(tmp_path / f"vfr.{ext}", VFR_MS, codec=codec, gop=4)
+    v, times = read_video(path, num_frames=4)
+    # the clip ends at 1.64 s; segment centres 0.205, 0.615, 1.025, 1.435 s: the frames on screen
+    # then started at 0.08, 0.48, 1.0, 1.08 s (by index: 2, 5, 6, 8; the average rate says 1, 3, 6, 8)
+    assert [frame_number(f) for f in v] == [2, 5, 6, 8]
+    assert times == pytest.approx([0.08, 0.48, 1.0, 1.08], abs=1e-6)
+    v, times = read_video(path, num_frames=16, fps=2)  # 0, 0.5, 1.0, 1.5 s
+    assert [frame_number(f) for f in v] == [0, 5, 6, 8]
+    assert times == pytest.approx([0.0, 0.48, 1.0, 1.08], abs=1e-6)
+
+
+def test_raw_stream_timed_by_its_codec_rate(tmp_path, monkeypatch):
+    path = write_clip(tmp_path / "raw.h264", n=20, rate=10, fmt="h264")  # 2 s, no timestamps
+    monkeypatch.setattr(video, "_warned_linear", False)
+    with pytest.warns(UserWarning, match="raw.h264: cannot seek"):
+        v, times = read_video(path, num_frames=4)
+    assert [frame_number(f) for f in v] == [2, 7, 12, 17]
+    assert times == pytest.approx([0.2, 0.7, 1.2, 1.7])
+
+
+def test_rotation_and_pixel_aspect(tmp_path):
+    # write_clip's red block sits in the lower-left quarter of the 64 x 160 frame
+    v, _ = read_video(write_clip(tmp_path / "ccw.mp4", n=2, rotation=90), 1, max_pixels=10**6)
+    assert v.shape == (1, 168, 56, 3)  # a quarter turn counter-clockwise: lower-left -> lower-right
+    assert v[0, -10, -10, 0] > 200 and v[0, -10, 24, 0] < 50 and v[0, 10, -10, 0] < 50
+    v, _ = read_video(write_clip(tmp_path / "cw.mkv", n=2, rotation=-90), 1, max_pixels=10**6)
+    assert v.shape == (1, 168, 56, 3)  # clockwise: lower-left -> upper-left
+    assert v[0, 10, 10, 0] > 200 and v[0, -10, 10, 0] < 50
+    v, _ = read_video(write_clip(tmp_path / "sar.mp4", n=2, sar=Fraction(2, 1)), 1, max_pixels=10**6)
+    assert v.shape == (1, 56, 308, 3)  # pixels twice as wide as high: 64 x 320 on screen
+    assert v[0, -10, 150, 0] > 200 and v[0, -10, 170, 0] < 50
+
+
+def test_seeking_reads_the_frames_of_a_full_decode(tmp_path, monkeypatch):
+    path = write_clip(tmp_path / "long.mp4", n=400, rate=25, gop=25)  # 16 s, a keyframe every 1 s
+    with av.open(str(path)) as c:  # reference: every frame, with its time, in one pass
+        every = [(f.time, f.reformat(width=168, height=56, format="rgb24", interpolation="AREA",
+                                     threads=1).to_ndarray()) for f in c.decode(video=0)]
+    starts = np.array([t for t, _ in every])
+    decoded = []
+    real = video._decoded
+    monkeypatch.setattr(video, "_decoded", lambda *a, **k: (decoded.append(f) or f for f in real(*a, **k)))
+    counts = []
+    for num_frames, fps in ((16, None), (5, None), (16, 0.25)):
+        decoded.clear()
+        v, times = read_video(path, num_frames=num_frames, fps=fps)
+        targets = sample_times(0.0, 16.0, num_frames, fps)
+        want = np.searchsorted(starts, np.array(targets) + 1e-6, side="right") - 1
+        assert [frame_number(f) for f in v] == want.tolist()
+        assert np.array_equal(v, np.stack([every[i][1] for i in want]))
+        assert times.tolist() == starts[want].tolist()
+        counts.append(len(decoded))
+    # targets 1 s apart: decoded on; 3.2 s apart: a seek and up to 1 s of frames each; 4 s apart,
+    # on keyframes: a seek and a frame or two each
+    assert counts[0] > 350 and counts[1] < 100 and counts[2] < 30, counts
+
+
+@pytest.mark.parametrize("ext,codec,options", [
+    ("mkv", "libx264", None), ("webm", "libvpx-vp9", None),
+    ("mp4", "libx264", {"movflags": "frag_keyframe+empty_moov"})])
+def test_truncated_containers_raise(tmp_path, ext, codec, options):
+    path = write_clip(tmp_path / f"whole.{ext}", n=40, rate=10, codec=codec, gop=5, options=options)
+    v, times = read_video(path, num_frames=4)
+    assert [frame_number(f) for f in v] == [5, 15, 25, 35]
+    data = path.read_bytes()
+    cut = tmp_path / f"cut.{ext}"
+    cut.write_bytes(data[:len(data) * 6 // 10])
+    with pytest.raises(VideoError, match="truncated or corrupt"):
+        read_video(cut, num_frames=4)
 
 
 def test_max_pixels_resize(tmp_path):
     frames = np.zeros((4, 224, 336, 3), np.uint8)
     frames[:, :, :168] = (0, 255, 0)  # left half green
     write_video(tmp_path / "wide.mp4", frames)
-    v = read_video(tmp_path / "wide.mp4", num_frames=4, max_pixels=112 * 112)
+    v, _ = read_video(tmp_path / "wide.mp4", num_frames=4, max_pixels=112 * 112)
     # beta = sqrt(224*336/12544) = 2.449 -> h = floor(3.27)*28 = 84, w = floor(4.90)*28 = 112
     assert v.shape == (4, 84, 112, 3)
     assert v[0, 40, 20, 1] > 240 and v[0, 40, 90, 1] < 15  # content scaled, not cropped
-    v = read_video(tmp_path / "wide.mp4", num_frames=2, max_pixels=10**6)  # within budget: kept
+    v, _ = read_video(tmp_path / "wide.mp4", num_frames=2, max_pixels=10**6)  # within budget: kept
     assert v.shape == (2, 224, 336, 3)
 
 
@@ -93,7 +213,7 @@ def test_mpeg4_codec_round_trip(tmp_path):
     write_video(tmp_path / "m.mp4", marked_clip(), fps=8, codec="mpeg4")
     with av.open(str(tmp_path / "m.mp4")) as c:
         assert c.streams.video[0].codec_context.name == "mpeg4"
-    v = read_video(tmp_path / "m.mp4", num_frames=8)
+    v, _ = read_video(tmp_path / "m.mp4", num_frames=8)
     assert [marker_frame(f) for f in v] == list(range(1, 16, 2))
     assert np.abs(v[:, 50:74, 50:74].astype(int) - (255, 0, 0)).max() <= 12
 
