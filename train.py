@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
 import numpy as np
@@ -276,6 +277,13 @@ def draw_prompts(records, rng, n, skipped):
     return picked
 
 
+def prompts_of_step(records, step, rank, skipped):
+    """The prompts of one step, drawn with a random stream of their own (seed, rank, step): the draw
+    runs ahead in a background thread without moving any state a checkpoint saves, and a resumed run
+    draws the same prompts."""
+    return draw_prompts(records, random.Random(f"{seed}:{rank}:{step}"), prompts_per_step, skipped)
+
+
 # ----------------------------------------------------------------------------- one step
 
 def sample_groups(policy, processor, prompts, videos, hints=None, synced=False, n=None):
@@ -493,11 +501,16 @@ def main():
     log_path = os.path.join(out_dir, "log.jsonl")
     log_file = open(log_path, "a") if master else None
     bar = tqdm(total=max_steps, initial=step, disable=not master, desc="rl", dynamic_ncols=True)
+    drawing = ThreadPoolExecutor(max_workers=1)  # decodes the next step's videos while this one runs
+    upcoming = drawing.submit(prompts_of_step, records, step, rank, skipped)
     while not finished():
         t0 = time.time()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        prompts = draw_prompts(records, rng, prompts_per_step, skipped)
+        prompts = upcoming.result()
+        video_wait = time.time() - t0
+        if step + 1 < max_steps:
+            upcoming = drawing.submit(prompts_of_step, records, step + 1, rank, skipped)
         t_gen = time.time()
         r_ref = buffer.mean()                # the r_ref that classifies this step (read before the push)
         with autocast():
@@ -534,6 +547,7 @@ def main():
             "reward_hinted_before": mean_or_none(all_gather_floats(changes["reward_hinted_before"])), **stats,
             "completion_len": gen_tokens / len(rollout.texts),
             "step_time": time.time() - t0, "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+            "video_wait": video_wait,                        # the step's wait for its decoded videos
             "peak_mem_gb": peak_memory_gb(),
         }
         # mean over ranks, like reward above (step_time, tokens/s and peak memory stay rank 0's)
@@ -552,6 +566,7 @@ def main():
         if finished() or step % checkpoint_interval == 0:
             checkpoint()
     bar.close()
+    drawing.shutdown(cancel_futures=True)
     train_skips = {}                                            # reason -> count, over all ranks
     for part in all_gather_objects_or_self(dict(Counter(skipped.values()))):
         for k, v in part.items():
