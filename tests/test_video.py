@@ -169,6 +169,18 @@ def test_seeking_reads_the_frames_of_a_full_decode(tmp_path, monkeypatch):
     assert counts[0] > 350 and counts[1] < 100 and counts[2] < 30, counts
 
 
+def test_damage_inside_an_mp4_costs_frames_not_the_clip(tmp_path):
+    path = tmp_path / "noisy.mp4"
+    noise = np.random.default_rng(0).integers(0, 256, (30, 64, 160, 3), dtype=np.uint8)
+    write_video(path, noise, fps=10)  # noise: the packets (mdat) fill nearly all of the file
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 2048] = bytes(2048)
+    (tmp_path / "damaged.mp4").write_bytes(bytes(data))
+    v, times = read_video(tmp_path / "damaged.mp4", num_frames=6, max_pixels=10**6)
+    assert v.shape == (6, 56, 168, 3) and times.tolist() == [0.2, 0.7, 1.2, 1.7, 2.2, 2.7]
+
+
 @pytest.mark.parametrize("ext,codec,options", [
     ("mkv", "libx264", None), ("webm", "libvpx-vp9", None),
     ("mp4", "libx264", {"movflags": "frag_keyframe+empty_moov"})])
