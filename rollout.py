@@ -59,6 +59,10 @@ def encode_prompts(processor, records, videos, hints=None):
     # Qwen2.5-VL places each temporal patch of frames at tokens_per_second * second_per_grid_ts * k on
     # its 3D rope; the processor sets second_per_grid_ts = temporal_patch_size / fps from this metadata.
     patch = processor.video_processor.temporal_patch_size
+    missing = [r.get("id", i) for i, r in enumerate(records) if "times" not in r]
+    if missing:
+        raise ValueError(f"records {missing[:3]} have frames but no 'times' (seconds): read videos with "
+                         f"video.read_video or dataset.load_samples, which return both")
     seconds = [seconds_per_patch(r["times"], patch) for r in records]
     if WHOLE_SECONDS_ONLY:
         seconds = whole_seconds(seconds)

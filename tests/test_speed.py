@@ -22,7 +22,8 @@ def samples(n, seed=0):
     rng = np.random.default_rng(seed)
     return [{"question": QUESTIONS[i % len(QUESTIONS)], "options": ["left", "right", "up", "down"],
              "answer": "A", "problem_type": "multiple_choice",
-             "frames": rng.integers(0, 256, (4, 56, 56, 3), dtype=np.uint8)} for i in range(n)]
+             "frames": rng.integers(0, 256, (4, 56, 56, 3), dtype=np.uint8), "times": np.arange(4) / 2}
+            for i in range(n)]
 
 
 def greedy_texts(policy, batch):
