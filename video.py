@@ -126,9 +126,14 @@ def _on_screen(container, stream, targets, seek, start, rate):
 
 
 def _claimed_end(container, stream):
-    """End of the video in seconds as the header says (stream duration, else the container's)."""
+    """End of the video in seconds as the file says: the stream's duration, or its DURATION tag
+    (mkv / webm, "00:01:02.500000000"), else the container's (which may include a longer audio)."""
+    start = float((stream.start_time or 0) * stream.time_base)
     if stream.duration:
-        return float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+        return start + float(stream.duration * stream.time_base)
+    if stream.metadata.get("DURATION", "").count(":") == 2:
+        h, m, s = stream.metadata["DURATION"].split(":")
+        return start + int(h) * 3600 + int(m) * 60 + float(s)
     if container.duration:
         return ((container.start_time or 0) + container.duration) / av.time_base
     return None

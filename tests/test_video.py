@@ -169,6 +169,29 @@ def test_seeking_reads_the_frames_of_a_full_decode(tmp_path, monkeypatch):
     assert counts[0] > 350 and counts[1] < 100 and counts[2] < 30, counts
 
 
+def test_audio_longer_than_the_video_is_not_truncation(tmp_path):
+    path = tmp_path / "audio_longer.mkv"  # 2 s of video, 4 s of audio: the container says 4 s
+    with av.open(str(path), "w") as container:
+        video_stream = container.add_stream("libx264", rate=10)
+        video_stream.width, video_stream.height, video_stream.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=16000)
+        for i in range(20):
+            image = np.full((48, 64, 3), 10 * i, np.uint8)
+            for packet in video_stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in video_stream.encode():
+            container.mux(packet)
+        for k in range(4 * 16000 // 1024):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, 1024 * k
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    _, times = read_video(path, num_frames=4)
+    assert times == pytest.approx([0.2, 0.7, 1.2, 1.7])
+
+
 def test_damage_inside_an_mp4_costs_frames_not_the_clip(tmp_path):
     path = tmp_path / "noisy.mp4"
     noise = np.random.default_rng(0).integers(0, 256, (30, 64, 160, 3), dtype=np.uint8)
