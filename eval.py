@@ -50,7 +50,7 @@ def setting_problems(c):
         (c["max_new_tokens"] >= 1, f"max_new_tokens={c['max_new_tokens']}: need >= 1"),
         (c["num_frames"] >= 1, f"num_frames={c['num_frames']}: need >= 1"),
         (c["max_pixels"] >= 28 * 28, f"max_pixels={c['max_pixels']}: need >= 784 (one 28x28 cell)"),
-        (c["fps"] > 0, f"fps={c['fps']}: need > 0"),
+        (c["fps"] is None or c["fps"] > 0, f"fps={c['fps']}: need > 0, or None (spread over the clip)"),
         (device_ok(c["device"]), f"device={c['device']!r}: expected cpu, or cuda / cuda:N with a GPU "
                                  "that torch sees"),
         (not model_problem(c["model"]), f"model: {model_problem(c['model'])}"),

@@ -63,7 +63,7 @@ def setting_problems(c):
         (c["eval_samples"] >= 1, f"eval_samples={c['eval_samples']}: need >= 1"),
         (c["num_frames"] >= 1, f"num_frames={c['num_frames']}: need >= 1"),
         (c["max_pixels"] >= 28 * 28, f"max_pixels={c['max_pixels']}: need >= 784 (one 28x28 cell)"),
-        (c["fps"] > 0, f"fps={c['fps']}: need > 0"),
+        (c["fps"] is None or c["fps"] > 0, f"fps={c['fps']}: need > 0, or None (spread over the clip)"),
         (device_ok(c["device"]), f"device={c['device']!r}: expected cpu, or cuda / cuda:N with a GPU "
                                  "that torch sees"),
         (writable_dir(c["out_dir"]), f"out_dir={c['out_dir']!r}: cannot create or write to this directory"),

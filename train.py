@@ -139,7 +139,7 @@ def setting_problems(c):
         (0 < c["top_p"] <= 1, f"top_p={c['top_p']}: need 0 < top_p <= 1"),
         (c["num_frames"] >= 1, f"num_frames={c['num_frames']}: need >= 1"),
         (c["max_pixels"] >= 28 * 28, f"max_pixels={c['max_pixels']}: need >= 784 (one 28x28 cell)"),
-        (c["fps"] > 0, f"fps={c['fps']}: need > 0"),
+        (c["fps"] is None or c["fps"] > 0, f"fps={c['fps']}: need > 0, or None (spread over the clip)"),
         (c["learning_rate"] > 0, f"learning_rate={c['learning_rate']}: need > 0"),
         (0 <= c["min_lr_ratio"] <= 1, f"min_lr_ratio={c['min_lr_ratio']}: need 0..1"),
         (c["warmup_steps"] >= 0, f"warmup_steps={c['warmup_steps']}: need >= 0"),
