@@ -8,7 +8,7 @@ Time one training step's three phases on a model of a named size, against the ha
 
 Phases, timed separately (warmup, then timed repeats; cuda synchronised):
   generate   sample gen_len tokens for batch_size * group_size answers (split into prefill / decode)
-  logprob    model.completion_logps under no_grad over prompt + completion (old / reference log-probs)
+  logprob    logprobs.completion_logps under no_grad over prompt + completion (old / reference log-probs)
   vision     the vision tower alone over the batch's videos (its share of prefill / logprob / train)
   train      completion_logps + reg_grpo_loss + backward + AdamW step (vision tower frozen)
 --phases picks some; --master_dtype=float32 times train.py's default (fp32 weights, bf16 autocast);
@@ -46,7 +46,8 @@ import time
 import torch
 
 from configurator import configure
-from model import (build_tiny, completion_logps, enable_gradient_checkpointing, freeze_vision, group_vision_windows,
+from logprobs import completion_logps
+from model import (build_tiny, enable_gradient_checkpointing, freeze_vision, group_vision_windows,
                    share_repeated_videos, vision_token_ids)
 from reg_grpo import group_advantages, reg_grpo_loss
 from rollout import gathered_for_generation, join_prompt_completion, repeat_batch

@@ -4,12 +4,11 @@ load_policy / load_reference load any Qwen2.5-VL checkpoint (a hub id or a local
 tiny_qwen25vl writes a random-init Qwen2.5-VL with our own byte-level BPE tokenizer and the real
 processor classes into a directory, so that the same load_policy loads it.
 
-completion_logps is the one forward pass the trainer needs: log pi(y_t | x, y_<t) for every completion
-token, with temperature applied the way sampling applies it (softmax(logits / tau)).
+The log-probs of completions under the policy (the trainer's forward pass) are in logprobs.py.
 
 Sampling trap: an untrained policy puts mass on <|video_pad|> and friends; a sampled placeholder makes
 the next forward fail with "Video features and video tokens do not match". Pass
-`suppress_tokens=vision_token_ids(processor)` to generate (and the same list to completion_logps if
+`suppress_tokens=vision_token_ids(processor)` to generate (and the same list to logprobs.completion_logps if
 the log-probs must be those of the suppressed sampling distribution).
 
 Video timing: the 3D rope spaces the temporal groups by tokens_per_second * second_per_grid_ts, and
@@ -20,12 +19,10 @@ without it transformers assumes 24 fps and, with Qwen2.5-VL's tokens_per_second 
 groups of a short clip get the same temporal position.
 """
 
-import inspect
 import os
 import re
 
 import torch
-import torch.utils.checkpoint
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -348,64 +345,3 @@ def vision_token_ids(processor):
 
 def count_parameters(model, trainable_only=False):
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def _mm_token_type_ids(config, input_ids):
-    """0 text, 1 image placeholder, 2 video placeholder, for the full prompt+completion sequence."""
-    types = torch.zeros_like(input_ids, dtype=torch.int32)
-    types[input_ids == config.image_token_id] = 1
-    types[input_ids == config.video_token_id] = 2
-    return types
-
-
-def _row_logps(logits, targets, temperature, suppress):
-    """(T, V) logits of one row in model dtype -> (T,) float32 log-probs of targets."""
-    z = logits.float() / temperature  # (T, V) float32
-    if suppress is not None:
-        z = z.index_fill(-1, suppress, float("-inf"))
-    return z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)  # (T,)
-
-
-def completion_logps(model, batch, temperature=1.0, suppress_tokens=None):
-    """log pi(y_t | x, y_<t) at temperature tau, for the T completion tokens. Returns (N, T) float32.
-
-    batch: input_ids (N, P+T) = left-padded prompt + right-padded completion, attention_mask (N, P+T),
-    completion_mask (N, T), and the processor's visual keys (pixel_values_videos, video_grid_thw,
-    second_per_grid_ts, ...). Positions with completion_mask 0 come back as 0.
-
-        log pi(y_t) = z_{y_t} / tau - logsumexp_v(z_v / tau),   z = logits at position P+t-1
-
-    The same as sampling with temperature tau (generate divides the float32 logits by tau). With
-    suppress_tokens those ids get z = -inf first, as SuppressTokensLogitsProcessor does in generate.
-    Memory: only the last T+1 positions go through lm_head (logits_to_keep), giving (N, T+1, V) in the
-    model's dtype; the float32 log-softmax runs one row at a time and, under autograd, is recomputed
-    in backward (checkpoint), so no float32 (N, T, V) exists in forward or backward.
-    """
-    input_ids, attention_mask, completion_mask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
-    N, L = input_ids.shape
-    T = completion_mask.shape[1]
-    if completion_mask.shape[0] != N or attention_mask.shape != input_ids.shape or T >= L:
-        raise ValueError(f"completion_mask {tuple(completion_mask.shape)} and attention_mask "
-                         f"{tuple(attention_mask.shape)} do not fit input_ids {tuple(input_ids.shape)}")
-    drop = ("completion_mask", "mm_token_type_ids", "video_metadata")
-    inputs = {k: v for k, v in batch.items() if k not in drop}
-    inner = getattr(model, "module", model)  # DDP wraps; FSDP2 keeps the class
-    if "mm_token_type_ids" in inspect.signature(inner.forward).parameters:
-        # The processor's mm_token_type_ids covers the prompt only. Newer transformers build the 3D rope
-        # index from it and silently fall back to 1D positions without it, so rebuild it full length.
-        inputs["mm_token_type_ids"] = _mm_token_type_ids(inner.config, input_ids)
-    out = model(**inputs, use_cache=False, logits_to_keep=T + 1)
-    logits = out.logits[:, :-1]  # (N, T, V) model dtype: position P+t-1 predicts token P+t
-    targets = input_ids[:, -T:]  # (N, T)
-    suppress = None
-    if suppress_tokens is not None:
-        suppress = torch.as_tensor(list(suppress_tokens), dtype=torch.long, device=logits.device)
-    rows = []
-    for i in range(N):
-        if logits.requires_grad:
-            rows.append(torch.utils.checkpoint.checkpoint(_row_logps, logits[i], targets[i], temperature,
-                                                          suppress, use_reentrant=False))
-        else:
-            rows.append(_row_logps(logits[i], targets[i], temperature, suppress))
-    logps = torch.stack(rows)  # (N, T)
-    return torch.where(completion_mask.bool(), logps, torch.zeros_like(logps))

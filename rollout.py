@@ -23,7 +23,8 @@ import transformers
 
 from dataset import format_question
 from difficulty import make_easier_prompt
-from model import completion_logps, vision_token_ids
+from logprobs import completion_logps
+from model import vision_token_ids
 from sampler import resolve as resolve_sampler, sample
 
 STILL_SECONDS = 1.0  # seconds per temporal patch told for a clip with no motion in time (one frame)
@@ -309,7 +310,7 @@ class Rollout:
         return self.accuracy + self.format
 
     def logp_batch(self):
-        """The dict `model.completion_logps` takes."""
+        """The dict `logprobs.completion_logps` takes."""
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
                 "completion_mask": self.completion_mask, **self.visual}
 
@@ -423,7 +424,7 @@ def generate_rollout(model, processor, records, videos, group_size, hints=None, 
 def join_prompt_completion(prompt, completion, completion_mask):
     """One teacher-forcing batch: left-padded prompt (N, P) then right-padded completion (N, T).
 
-    Returns the dict `model.completion_logps` takes; visual keys ride along. The processor's
+    Returns the dict `logprobs.completion_logps` takes; visual keys ride along. The processor's
     prompt-length modality ids are dropped: `completion_logps` rebuilds them from the full input_ids.
     """
     batch = {k: v for k, v in prompt.items() if k != "mm_token_type_ids"}

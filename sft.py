@@ -22,7 +22,8 @@ import torch
 
 from configurator import DTYPES, configure, device_ok, writable_dir
 from dataset import format_question, load_samples, read_records_or_exit
-from model import completion_logps, freeze_vision as freeze_vision_tower, load_policy, source_problem, tiny_qwen25vl
+from logprobs import completion_logps
+from model import freeze_vision as freeze_vision_tower, load_policy, source_problem, tiny_qwen25vl
 from rollout import SYSTEM_PROMPT, encode_prompts, join_prompt_completion, reference_completion, to_device
 from eval import evaluate, format_table
 

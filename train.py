@@ -33,7 +33,8 @@ from dataset import VideoError, load_samples, read_records_or_exit, read_sample
 from difficulty import (DEFAULT_MARGIN, HintTraces, RewardBuffer, answer_piece, group_mean_rewards,
                         plan_groups, redo_groups, wants_trace, zero_advantage_ratio)
 from eval import evaluate
-from model import completion_logps, enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
+from logprobs import completion_logps
+from model import enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
 from model import load_policy, load_reference, max_positions, source_problem
 from reg_grpo import group_advantages, grpo_loss, rebel_loss, reg_grpo_loss
 from remedies import dynamic_sampling, group_replay

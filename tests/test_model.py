@@ -1,10 +1,11 @@
-"""model.py: tiny Qwen2.5-VL round trip, processor/tokenizer agreement, completion_logps numerics."""
+"""model.py: tiny Qwen2.5-VL round trip, processor/tokenizer agreement, vision sharing and windows."""
 
 import numpy as np
 import pytest
 import torch
 
 import model as M
+from logprobs import completion_logps
 
 QUESTIONS = ["Which way does the red square move?", "How many circles appear in the whole video clip?"]
 TEXTS = ["The red square moves left. The blue circle moves right. How many circles appear?"] * 20
@@ -53,22 +54,6 @@ def with_completions(prompts, completions, pad_id):
 
 def text_ids(processor, s):
     return processor.tokenizer(s, add_special_tokens=False)["input_ids"]
-
-
-def naive_logps(model, processor, question, video, completion, temperature=1.0, suppress=()):
-    """One unpadded sequence, full-vocabulary float64 log-softmax over all positions."""
-    p = processor(text=[prompt(processor, question)], videos=[video], return_tensors="pt")
-    ids = torch.cat([p["input_ids"], torch.tensor([completion])], 1)
-    types = torch.zeros_like(ids)
-    types[ids == model.config.video_token_id] = 2
-    visual = {k: p[k] for k in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")}
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=types, **visual).logits
-    z = logits[0].double() / temperature
-    z[:, list(suppress)] = float("-inf")
-    P = p["input_ids"].shape[1]
-    logp = torch.log_softmax(z, -1)[P - 1:P - 1 + len(completion)]
-    return logp.gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
 
 
 def test_round_trip_same_weights_and_logits(tiny_dir, policy):
@@ -193,78 +178,6 @@ def test_special_ids_agree(policy):
     assert tok("hi")["input_ids"] == text_ids(processor, "hi")  # no BOS prepended, as in Qwen
 
 
-def test_completion_logps_matches_naive_and_ignores_padding(policy):
-    model, processor = policy
-    vids = videos(2, seed=3)
-    eos = processor.tokenizer.eos_token_id
-    completions = [text_ids(processor, "<think>It moves left.</think><answer>A</answer>") + [eos],
-                   text_ids(processor, "<answer>C</answer>")]
-    prompts = prompt_batch(processor, QUESTIONS, vids)
-    assert (prompts["attention_mask"][:, 0] == 0).any()  # really left-padded
-    batch = with_completions(prompts, completions, processor.tokenizer.pad_token_id)
-    with torch.no_grad():
-        got = M.completion_logps(model, batch)
-    assert got.dtype == torch.float32 and got.shape == batch["completion_mask"].shape
-    for i, c in enumerate(completions):
-        ref = naive_logps(model, processor, QUESTIONS[i], vids[i], c)
-        torch.testing.assert_close(got[i, :len(c)].double(), ref, atol=2e-5, rtol=0)
-        assert torch.all(got[i, len(c):] == 0)
-    # more left padding, and junk ids wherever attention_mask is 0: same numbers
-    P, extra = prompts["input_ids"].shape[1], 5
-    ids = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 42)
-    junk = dict(batch, input_ids=torch.cat([torch.full((2, extra), 42), ids], 1),
-                attention_mask=torch.cat([torch.zeros(2, extra, dtype=torch.long), batch["attention_mask"]], 1))
-    with torch.no_grad():
-        torch.testing.assert_close(M.completion_logps(model, junk), got, atol=2e-5, rtol=0)
-
-
-def test_temperature_and_suppression(policy):
-    model, processor = policy
-    vid = videos(1, seed=4)
-    c = text_ids(processor, "<answer>B</answer>")
-    batch = with_completions(prompt_batch(processor, QUESTIONS[:1], vid), [c], processor.tokenizer.pad_token_id)
-    sup = M.vision_token_ids(processor)
-    with torch.no_grad():
-        cold = M.completion_logps(model, batch, temperature=0.3)
-        hot = M.completion_logps(model, batch, temperature=1.0)
-        cold_sup = M.completion_logps(model, batch, temperature=0.3, suppress_tokens=sup)
-    ref = naive_logps(model, processor, QUESTIONS[0], vid[0], c, 0.3)
-    ref_sup = naive_logps(model, processor, QUESTIONS[0], vid[0], c, 0.3, sup)
-    torch.testing.assert_close(cold[0].double(), ref, atol=2e-5, rtol=0)
-    torch.testing.assert_close(cold_sup[0].double(), ref_sup, atol=2e-5, rtol=0)
-    assert (cold - hot).abs().max() > 1e-3
-    assert torch.all(cold_sup > cold)  # removing mass from other tokens raises every kept token's log-prob
-
-
-def test_completion_logps_gradient_matches_naive(tiny_dir):
-    """The row-by-row, recomputed-in-backward log-softmax gives the gradient of the plain one."""
-    model, processor = M.load_policy(tiny_dir)
-    vids = videos(2, seed=6)
-    completions = [text_ids(processor, "<answer>A</answer>"), text_ids(processor, "B")]
-    batch = with_completions(prompt_batch(processor, QUESTIONS, vids), completions, processor.tokenizer.pad_token_id)
-    M.completion_logps(model, batch, temperature=0.7).sum().backward()
-    got = model.lm_head.weight.grad.clone()
-    model.zero_grad()
-    P = batch["input_ids"].shape[1] - batch["completion_mask"].shape[1]
-    types = (batch["input_ids"] == model.config.video_token_id).int() * 2
-    visual = {k: batch[k] for k in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   mm_token_type_ids=types, **visual).logits
-    logp = torch.log_softmax(logits[:, P - 1:-1].double() / 0.7, -1)
-    ref = logp.gather(-1, batch["input_ids"][:, P:, None]).squeeze(-1)
-    (ref * batch["completion_mask"]).sum().backward()
-    torch.testing.assert_close(got, model.lm_head.weight.grad, atol=1e-5, rtol=1e-4)
-    assert got.abs().max() > 1e-3
-
-
-def test_completion_logps_checks_shapes(policy):
-    model, processor = policy
-    batch = with_completions(prompt_batch(processor, QUESTIONS, videos(2)), [[50], [60]], 0)
-    batch["completion_mask"] = batch["completion_mask"][:1]
-    with pytest.raises(ValueError, match="completion_mask .1, 1. .* do not fit input_ids"):
-        M.completion_logps(model, batch)
-
-
 def test_generate_never_samples_vision_tokens(policy):
     model, processor = policy
     sup = M.vision_token_ids(processor)
@@ -290,7 +203,7 @@ def test_generate_never_samples_vision_tokens(policy):
     batch = dict(prompts, input_ids=out.sequences, completion_mask=mask,
                  attention_mask=torch.cat([prompts["attention_mask"], mask], 1))
     with torch.no_grad():
-        got = M.completion_logps(model, batch, temperature=1.5, suppress_tokens=sup)
+        got = completion_logps(model, batch, temperature=1.5, suppress_tokens=sup)
     z = torch.stack(out.logits, 1).double() / 1.5  # (N, T, V) generate's logits, boost included
     z[..., sup] = float("-inf")  # the boost sat on these ids only, so the rest equal the unhooked logits
     ref = torch.log_softmax(z, -1).gather(-1, completion[..., None]).squeeze(-1)
@@ -310,7 +223,7 @@ def test_freeze_vision_and_checkpointing_train_only_language_model(tiny_dir):
     batch = with_completions(prompt_batch(processor, QUESTIONS, videos(2)),
                              [text_ids(processor, "<answer>A</answer>"), text_ids(processor, "B")],
                              processor.tokenizer.pad_token_id)
-    logps = M.completion_logps(model, batch)
+    logps = completion_logps(model, batch)
     (-(logps.sum())).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -344,7 +257,7 @@ def test_checkpointing_keeps_frozen_vision_out_of_backward(tiny_dir):
     model.model.visual.patch_embed.register_forward_hook(lambda mod, inp, out: seen.append(out.requires_grad))
     batch = with_completions(prompt_batch(processor, QUESTIONS, videos(2)),
                              [text_ids(processor, "A"), text_ids(processor, "B")], processor.tokenizer.pad_token_id)
-    M.completion_logps(model, batch).sum().backward()
+    completion_logps(model, batch).sum().backward()
     assert seen == [False]
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
 
@@ -363,7 +276,7 @@ def test_repeated_videos_are_encoded_once_with_the_same_logps(tiny_dir):
     for name, model in (("shared", shared), ("plain", plain)):
         rows = []
         model.model.visual.patch_embed.register_forward_hook(lambda mod, inp, out: rows.append(out.shape[0]))
-        logps = M.completion_logps(model.train(), batch)
+        logps = completion_logps(model.train(), batch)
         logps.sum().backward()
         encoded[name] = (rows[0], logps.detach(), model.model.visual.merger.mlp[0].weight.grad.clone())
     per_video = prompts["pixel_values_videos"].shape[0] // 2

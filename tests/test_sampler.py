@@ -9,7 +9,8 @@ import torch
 
 import sampler
 from dataset import load_records, load_samples
-from model import build_tiny, completion_logps, load_policy, vision_token_ids
+from logprobs import completion_logps
+from model import build_tiny, load_policy, vision_token_ids
 from rollout import generate_rollout, repeat_batch
 
 QUESTIONS = ["Which way?", "How many circles appear in the whole video clip, and which one comes first?",
