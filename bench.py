@@ -23,7 +23,7 @@ FLOP accounting (model FLOPs, what MFU counts; pure functions of the config belo
       attention: QK^T and AV are 2 * ctx * d each, ctx = keys the query sees. Causal: query i of a
       sequence sees i keys, so a length-S sequence has S(S+1)/2 pairs, about half of S^2 (we count the
       half, as flash attention computes it; SDPA's math kernel computes all S^2).
-      lm_head term only for positions whose logits are computed (logits_to_keep).
+      lm_head term only for positions whose logits are computed (completion tokens, logprobs.py).
   vision forward per patch  2 * (patch embed + depth * (4 d^2 + 3 d i))  + merger 2 * ((4d)^2 + 4d * out) per
       merged token  +  attention 4 * d * sum over windows of len^2 (non-causal; window layers use the
       112-pixel windows, the fullatt_block_indexes layers one frame's patches).
@@ -45,10 +45,11 @@ import time
 
 import torch
 
+import bench_step
 from configurator import configure
 from logprobs import completion_logps
-from model import (build_tiny, enable_gradient_checkpointing, freeze_vision, group_vision_windows,
-                   share_repeated_videos, vision_token_ids)
+from model import (build_tiny, compile_decoder_layers, enable_gradient_checkpointing, freeze_vision,
+                   group_vision_windows, share_repeated_videos, vision_token_ids)
 from reg_grpo import group_advantages, reg_grpo_loss
 from rollout import gathered_for_generation, join_prompt_completion, repeat_batch
 
@@ -78,6 +79,13 @@ beta = 0.04
 peak_tflops = 0.0             # 0: 989 on cuda (H100 bf16 dense), measured with a matmul on cpu
 peak_bandwidth_gbs = 0.0      # 0: 3000 on cuda (H100 copy, measured), measured with a copy on cpu
 seed = 0
+compile = False               # torch.compile each decoder layer (model.compile_decoder_layers) for logprob / train
+# --phases=step only (bench_step.py): one whole RL step as train.py runs it
+num_iterations = 2            # update passes per rollout
+micro_batch_groups = 1        # groups per forward/backward
+rows_per_forward = 0          # answers per forward, sorted by length (0: the micro-batch, one forward)
+min_gen_len = 0               # > 0: cut each answer at a length uniform in [min_gen_len, gen_len]
+grad_clip = 1.0
 json = ""                     # path: write every number as JSON
 profile = ""                  # path prefix: torch.profiler tables of one call per phase, <prefix>_<phase>.txt
 # memory plan
@@ -106,9 +114,11 @@ TEXT = {
 }
 QWEN_IDS = dict(bos=151643, eos=151645, vision_start=151652, vision_end=151653, vision_pad=151654,
                 image=151655, video=151656)
+ID_TOKENS = dict(bos="<|endoftext|>", eos="<|im_end|>", vision_start="<|vision_start|>", vision_end="<|vision_end|>",
+                 vision_pad="<|vision_pad|>", image="<|image_pad|>", video="<|video_pad|>")
 
 
-def qwen25vl_config(name):
+def qwen25vl_config(name, ids=QWEN_IDS):
     """Qwen2_5_VLConfig of the published 3B / 7B model (random weights are built from it)."""
     from transformers import Qwen2_5_VLConfig
     if name not in TEXT:
@@ -116,12 +126,12 @@ def qwen25vl_config(name):
     t = TEXT[name]
     text = dict(t, max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
                 rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-                bos_token_id=QWEN_IDS["bos"], eos_token_id=QWEN_IDS["eos"], pad_token_id=QWEN_IDS["bos"])
+                bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["bos"])
     vision = dict(VISION, out_hidden_size=t["hidden_size"])
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=QWEN_IDS["image"],
-                            video_token_id=QWEN_IDS["video"], vision_start_token_id=QWEN_IDS["vision_start"],
-                            vision_end_token_id=QWEN_IDS["vision_end"], bos_token_id=QWEN_IDS["bos"],
-                            eos_token_id=QWEN_IDS["eos"], pad_token_id=QWEN_IDS["bos"],
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["image"],
+                            video_token_id=ids["video"], vision_start_token_id=ids["vision_start"],
+                            vision_end_token_id=ids["vision_end"], bos_token_id=ids["bos"],
+                            eos_token_id=ids["eos"], pad_token_id=ids["bos"],
                             tie_word_embeddings=t["tie_word_embeddings"])
 
 
@@ -230,9 +240,9 @@ def phase_flops(config, n, prompt_len_, gen_len_, grid, n_videos=None):
     vis = (n if n_videos is None else n_videos) * vision_forward_flops(config, [grid])
     prefill = n * lm_forward_flops(config, P, 1) + vis
     decode = n * sum(lm_forward_flops(config, 1, 1, past=P + k - 1) for k in range(1, T))
-    lm_full = n * lm_forward_flops(config, P + T, T + 1)  # completion_logps: logits_to_keep = T + 1
+    lm_full = n * lm_forward_flops(config, P + T, T)  # completion_logps: lm_head on the T completion tokens
     text = config.text_config
-    head = n * 2 * text.hidden_size * text.vocab_size * (T + 1)
+    head = n * 2 * text.hidden_size * text.vocab_size * T
     return {"prefill": prefill, "decode": decode, "generate": prefill + decode, "logprob": lm_full + vis,
             "vision": vis,
             "train": 3 * lm_full + vis, "train_hardware_with_recompute": 4 * lm_full - head + vis}
@@ -269,8 +279,8 @@ def memory_plan(config, n_gpus, micro_batch=8, frames=16, frame_px=252, image_to
     sharded with its own fully_shard, replicated, or absent (beta = 0).
     Activations (update phase, bf16): with checkpointing each decoder layer keeps its input (h per
     token); the layer being recomputed holds about 6h + 2*kv*hd + 4i values per token, twice (its
-    activations and their gradients) -- an estimate, not a measurement. Logits: (n, T+1, V) bf16 and
-    their gradient, plus one row's float32 log-softmax (three (T+1, V) buffers).
+    activations and their gradients) -- an estimate, not a measurement. Logits: one chunk of 1024
+    completion tokens at a time (logprobs.py): bf16 logits, float32 log-softmax, and their gradients.
     Rollout phase: gathered_for_generation holds a full bf16 copy of the policy plus the KV cache.
     Returns {"parts": {name: (update_bytes, rollout_bytes)}, "sharded": [names that scale 1/n_gpus],
     "update": total, "rollout": total, "peak": max}.
@@ -306,7 +316,8 @@ def memory_plan(config, n_gpus, micro_batch=8, frames=16, frame_px=252, image_to
     saved = L * tokens * h * 2 if checkpointing else L * tokens * (6 * h + 2 * kv + 4 * i) * 2
     parts["activations: layer inputs" if checkpointing else "activations: all layers"] = (saved, 0)
     parts["activations: one layer recomputed + grads"] = (2 * tokens * (6 * h + 2 * kv + 4 * i) * 2, 0)
-    parts["logits bf16 + grad, one fp32 row"] = (2 * micro_batch * (T + 1) * V * 2 + 3 * (T + 1) * V * 4, 0)
+    chunk = min(1024, micro_batch * T)  # logprobs.completion_logps: chunk_tokens
+    parts["logits: one 1024-token chunk"] = (chunk * V * (2 + 4 + 4 + 2), 0)  # bf16, fp32, their grads
     parts["rollout: full bf16 policy (gathered)"] = (0, 2 * total * (fsdp or master == "fp32"))
     parts["rollout: KV cache bf16"] = (0, 2 * L * kv * S * micro_batch * 2)
     update = sum(u for u, _ in parts.values())
@@ -333,7 +344,7 @@ def format_plan(p):
 
 # ----------------------------------------------------------------------------- model and inputs
 
-def build_model(name, device_, torch_dtype, attn):
+def build_model(name, device_, torch_dtype, attn, ids=QWEN_IDS):
     """(model, config, ids to suppress) with random weights, built on the device in the dtype."""
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
     if name == "tiny":
@@ -341,13 +352,13 @@ def build_model(name, device_, torch_dtype, attn):
         model.config._attn_implementation = attn  # sdpa is the default already; eager/flash when asked
         model = model.to(device=device_, dtype=torch_dtype)
         return share(model), model.config, vision_token_ids(processor)
-    config = qwen25vl_config(name)
+    config = qwen25vl_config(name, ids)
     with torch.device(device_):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch_dtype, attn_implementation=attn)
-    model.generation_config = GenerationConfig(eos_token_id=[QWEN_IDS["eos"], QWEN_IDS["bos"]],
-                                               pad_token_id=QWEN_IDS["bos"], bos_token_id=QWEN_IDS["bos"],
+    model.generation_config = GenerationConfig(eos_token_id=[ids["eos"], ids["bos"]],
+                                               pad_token_id=ids["bos"], bos_token_id=ids["bos"],
                                                do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
-    suppress = [QWEN_IDS[k] for k in ("vision_start", "vision_end", "vision_pad", "image", "video")]
+    suppress = [ids[k] for k in ("vision_start", "vision_end", "vision_pad", "image", "video")]
     return share(model), model.config, suppress
 
 
@@ -446,8 +457,8 @@ def timed(fn):
 
 def run_bench():
     wanted = set(phases.split(","))
-    if wanted - {"generate", "logprob", "train"}:
-        raise SystemExit(f"phases: expected a comma list of generate, logprob, train; got {phases!r}")
+    if wanted - {"generate", "logprob", "train"} and wanted != {"step"}:
+        raise SystemExit(f"phases: expected a comma list of generate, logprob, train, or step alone; got {phases!r}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     torch_dtype = getattr(torch, dtype)
@@ -457,14 +468,19 @@ def run_bench():
     else:
         measured = measure_cpu_peaks(torch_dtype)
         peak_f, peak_bw = peak_tflops or measured[0], peak_bandwidth_gbs or measured[1]
+    checkpointing = gradient_checkpointing if gradient_checkpointing is not None else size != "tiny"
+    if wanted == {"step"}:
+        return run_step_phase(weights_dtype, torch_dtype, checkpointing, peak_f)
     model, config, suppress = build_model(size, device, weights_dtype, attn_implementation)
     freeze_vision(model)
     ref_model = None
     if reference:
         ref_model = build_model(size, device, torch_dtype, attn_implementation)[0].eval().requires_grad_(False)
+    if compile:
+        for m in (model, ref_model) if ref_model is not None else (model,):
+            compile_decoder_layers(m)
     amp = (torch.autocast(device_type=torch.device(device).type, dtype=torch_dtype)
            if weights_dtype != torch_dtype else contextlib.nullcontext())
-    checkpointing = gradient_checkpointing if gradient_checkpointing is not None else size != "tiny"
     grid = video_grid(config.vision_config, num_frames, frame_size)
     banned = sorted(set(suppress) | {config.text_config.bos_token_id, config.text_config.eos_token_id})
     prompts = random_prompts(model, config, batch_size, grid, prompt_len, torch_dtype, banned, gen)
@@ -475,7 +491,8 @@ def run_bench():
     def generate(new_tokens):
         model.eval()
         extra = {"cache_implementation": cache_implementation} if cache_implementation else {}
-        with torch.no_grad(), amp, gathered_for_generation(model):
+        eager = torch.compiler.set_stance("force_eager") if compile else contextlib.nullcontext()
+        with torch.no_grad(), amp, gathered_for_generation(model), eager:
             return model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                   suppress_tokens=suppress, do_sample=True, **extra)
 
@@ -536,6 +553,33 @@ def run_bench():
     return results_of(rows, config, N, P, grid, checkpointing, peak_f, peak_bw)
 
 
+def run_step_phase(weights_dtype, torch_dtype, checkpointing, peak_f):
+    """--phases=step (bench_step.py): prompts from the tiny tokenizer, whose special ids the model takes."""
+    _, processor = build_tiny(seed=seed)
+    ids = {k: processor.tokenizer.convert_tokens_to_ids(t) for k, t in ID_TOKENS.items()}
+    model, config, _ = build_model(size, device, weights_dtype, attn_implementation, ids)
+    freeze_vision(model)
+    if checkpointing:
+        enable_gradient_checkpointing(model)
+    ref_model = None
+    if reference:
+        ref_model = build_model(size, device, torch_dtype, attn_implementation, ids)[0].eval().requires_grad_(False)
+    if compile:
+        for m in (model, ref_model) if ref_model is not None else (model,):
+            compile_decoder_layers(m)
+    grid = video_grid(config.vision_config, num_frames, frame_size)
+    settings = {k: globals()[k] for k in ("group_size", "num_iterations", "micro_batch_groups", "rows_per_forward",
+                                          "device", "dtype", "master_dtype", "beta", "grad_clip", "compile", "seed",
+                                          "batch_size", "prompt_len", "num_frames", "frame_size", "gen_len",
+                                          "min_gen_len", "learning_rate", "fused_adamw", "warmup", "repeats")}
+    r = bench_step.run_step(settings, model, ref_model, processor, config, grid, peak_f,
+                            (lm_forward_flops, vision_forward_flops, qwen25vl_config),
+                            (sync, reset_peak, peak_memory_gb))
+    r.update(config={k: globals()[k] for k in CONFIG_KEYS}, gradient_checkpointing=checkpointing,
+             params=param_counts(config))
+    return r
+
+
 def results_of(rows, config, N, P, grid, checkpointing, peak_f, peak_bw):
     """Every measured phase as time, tokens/s, TFLOP/s, MFU (and decode bandwidth, train HFU)."""
     torch_dtype = getattr(torch, dtype)
@@ -590,6 +634,10 @@ if __name__ == "__main__":
                         plan_prompt_len, plan_gen_len, plan_master, plan_reference)
         print(format_plan(p))
         out = {"plan": {**p, "parts": {k: list(v) for k, v in p["parts"].items()}}}
+    elif phases == "step":
+        out = run_bench()
+        print(bench_step.format_step(out, f"{size} on {device} ({dtype}), one RL step: {batch_size} prompts x "
+                                          f"{group_size} answers, {num_iterations} update passes"))
     else:
         out = run_bench()
         print(format_table(out))

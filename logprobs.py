@@ -126,14 +126,16 @@ def trim_padding(batch):
 
 def length_sorted_logps(model, batch, rows_per_forward=0, **kwargs):
     """completion_logps over the rows sorted by length, `rows_per_forward` rows per forward, each
-    forward trimmed to its own longest row. 0: one forward over the batch as it is. Returns (N, T).
+    forward trimmed to its own longest row. 0: one forward over the whole batch (trimmed too).
+    Returns (N, T).
 
     Rows of one video sorted apart cost one vision-tower pass per forward that holds them (the tower
     is shared only within a forward, model.share_repeated_videos).
     """
     N, T = batch["completion_mask"].shape
     if rows_per_forward <= 0 or rows_per_forward >= N:
-        return completion_logps(model, trim_padding(batch) if rows_per_forward else batch, **kwargs)
+        logps = completion_logps(model, trim_padding(batch), **kwargs)
+        return torch.nn.functional.pad(logps, (0, T - logps.shape[1]))
     lengths = batch["attention_mask"].sum(1)                         # (N,) real tokens per row
     order = torch.argsort(lengths.cpu(), stable=True)
     parts = []

@@ -345,3 +345,25 @@ def vision_token_ids(processor):
 
 def count_parameters(model, trainable_only=False):
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def compile_decoder_layers(model, **compile_kwargs):
+    """torch.compile each decoder layer in place (regional compilation: one graph, reused by every layer).
+
+    The layers are where the update's time goes, and their shapes repeat across layers, so this
+    compiles once per distinct input (shape, grad mode, dtype) instead of once per model. Generation
+    should run them eagerly (`torch.compiler.set_stance("force_eager")`): a KV-cache decode recompiles
+    at every new length until torch gives up on the layer altogether. Under FSDP2, compile before
+    fully_shard (dynamo skips FSDP2's hooks and runs them eagerly). Returns the model.
+    """
+    for layer in model.model.language_model.layers:
+        layer.compile(**compile_kwargs)
+    return model
+
+
+def compile_seconds():
+    """Seconds this process has spent in torch.compile so far: tracing and compiling forward graphs,
+    and the backward graphs, which are compiled at their first backward."""
+    from torch._dynamo.utils import compilation_time_metrics
+    return sum(sum(v) for k, v in compilation_time_metrics.items()
+               if k == "_compile.compile_inner" or k.endswith("bw_compiler"))

@@ -23,7 +23,7 @@ import transformers
 
 from dataset import format_question
 from difficulty import make_easier_prompt
-from logprobs import completion_logps
+from logprobs import length_sorted_logps
 from model import vision_token_ids
 from sampler import resolve as resolve_sampler, sample
 
@@ -442,10 +442,14 @@ def completion_mask_until(completion, end_id):
 
 
 @torch.no_grad()
-def reference_logps(rollout, reference, temperature=1.0, device="cpu", micro_batch=16):
-    """(N, T) log-probs of the sampled completions under the frozen reference policy."""
-    parts = [completion_logps(reference, to_device(rollout.select(rows).logp_batch(), device),
-                              temperature=temperature).cpu()
+def reference_logps(rollout, reference, temperature=1.0, device="cpu", micro_batch=16, rows_per_forward=0):
+    """(N, T) log-probs of the sampled completions under the frozen reference policy.
+
+    micro_batch answers are moved to the device at a time; inside them, rows_per_forward > 0 sorts the
+    answers by length into forwards of that many rows (logprobs.length_sorted_logps).
+    """
+    parts = [length_sorted_logps(reference, to_device(rollout.select(rows).logp_batch(), device),
+                                 rows_per_forward, temperature=temperature).cpu()
              for rows in micro_batches(len(rollout.texts), micro_batch)]
     return torch.cat(parts)
 

@@ -33,9 +33,9 @@ from dataset import VideoError, load_samples, read_records_or_exit, read_sample
 from difficulty import (DEFAULT_MARGIN, HintTraces, RewardBuffer, answer_piece, group_mean_rewards,
                         plan_groups, redo_groups, wants_trace, zero_advantage_ratio)
 from eval import evaluate
-from logprobs import completion_logps
-from model import enable_gradient_checkpointing, freeze_vision as freeze_vision_tower
-from model import load_policy, load_reference, max_positions, source_problem
+from logprobs import length_sorted_logps
+from model import compile_decoder_layers, compile_seconds, enable_gradient_checkpointing
+from model import freeze_vision as freeze_vision_tower, load_policy, load_reference, max_positions, source_problem
 from reg_grpo import group_advantages, grpo_loss, rebel_loss, reg_grpo_loss
 from remedies import dynamic_sampling, group_replay
 from rollout import concat_rollouts, drop_long_prompts, generate_rollout, micro_batches, reference_logps, to_device
@@ -102,7 +102,9 @@ attn_implementation = "sdpa"  # sdpa | flash_attention_2 (when installed) | eage
 distributed = "ddp"           # ddp | fsdp (torchrun only)
 freeze_vision = True          # the paper trains only the language model
 gradient_checkpointing = False
-compile = False
+compile = False               # torch.compile the decoder layers (policy, reference) for the log-prob passes
+rows_per_forward = 0          # answers per forward, sorted by length, each forward trimmed to its longest
+                              # (0: a micro-batch is one forward, trimmed to its longest answer)
 # -----------------------------------------------------------------------------
 EMBEDDED_DATA, EMBEDDED_SFT = "data/synthetic/train.jsonl", "out/tiny-sft"
 EMBEDDED_SFT_DATA = "data/synthetic/sft.jsonl"   # the warm start's demonstrations, written beside train.jsonl
@@ -364,8 +366,13 @@ def any_rank(flag):
 def policy_update(model, optimizer, rollout, advantages, params, world_size):
     """`num_iterations` passes over the rollout, each one optimizer step over all its groups.
 
-    The first pass's log-probs (before any update) are the sampling policy's: they become `old_logps`
-    for the later passes, so no separate no-grad forward is needed.
+    Pass 1 computes log pi_theta(y|x) while theta is still the sampling policy's: those log-probs,
+    detached, are log pi_old for every pass, so no separate no-grad forward is needed. In pass 1 the
+    ratio is therefore rho = log pi_theta - log pi_old = 0 for every answer (in value; its gradient is
+    that of log pi_theta): pass 1 of Reg-GRPO is the rho = 0 case. Passes 2.. see the moved policy.
+    The reference log-probs (KL term) come with the rollout, computed once by reference_logps.
+    A micro-batch holds whole groups (the loss normalises within a group); inside it the answers go
+    through `rows_per_forward`-row forwards sorted by length (logprobs.length_sorted_logps).
     """
     G = group_size
     n = len(rollout.texts)
@@ -380,8 +387,8 @@ def policy_update(model, optimizer, rollout, advantages, params, world_size):
             batch = to_device(part.logp_batch(), device)
             with gradient_sync(model, last, world_size):
                 with autocast():
-                    logps = completion_logps(model, batch, temperature=temperature)      # (n_c, T)
-                if old[c] is None:
+                    logps = length_sorted_logps(model, batch, rows_per_forward, temperature=temperature)  # (n_c, T)
+                if old[c] is None:                       # pass 1: pi_old is this pass's own log-probs
                     old[c] = logps.detach()
                 mask = batch["completion_mask"]
                 ref = part.ref_logps.to(device) if part.ref_logps is not None else None
@@ -403,6 +410,11 @@ def policy_update(model, optimizer, rollout, advantages, params, world_size):
         optimizer.step()
     stats_sum["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     return stats_sum
+
+
+def eager_generation():
+    """Generation runs the decoder layers uncompiled (see model.compile_decoder_layers)."""
+    return torch.compiler.set_stance("force_eager") if compile else nullcontext()
 
 
 def gradient_sync(model, last, world_size):
@@ -444,12 +456,19 @@ def main():
         freeze_vision_tower(policy)
     if gradient_checkpointing:
         enable_gradient_checkpointing(policy)
+    if rows_per_forward and distributed == "ddp" and world_size > 1:
+        raise SystemExit("rows_per_forward > 0 runs several forwards before one backward, which DDP does not "
+                         "allow: use --distributed=fsdp or --rows_per_forward=0")
+    if compile:                              # before fully_shard: dynamo skips FSDP2's hooks
+        compile_decoder_layers(policy)
     reference = None                         # beta = 0: no reference model in memory at all
     if beta > 0:
         # the policy's dtype, run under the same autocast: identical log-probs at step 0 (KL exactly 0);
         # in bf16 the reference would see other rounding than the float32-master policy under autocast
         reference = load_reference(init_from, dtype=getattr(torch, master_dtype), device=device,
                                    attn_implementation=attn_implementation)
+        if compile:
+            compile_decoder_layers(reference)
         if distributed == "fsdp" and world_size > 1:
             reference = shard(reference)
     model = wrap_policy(policy, device, world_size)
@@ -512,9 +531,9 @@ def main():
         video_wait = time.time() - t0
         if step + 1 < max_steps:
             upcoming = drawing.submit(prompts_of_step, records, step + 1, rank, skipped)
-        t_gen = time.time()
+        t_gen, compile_s = time.time(), compile_seconds()
         r_ref = buffer.mean()                # the r_ref that classifies this step (read before the push)
-        with autocast():
+        with autocast(), eager_generation():
             rollout, r_cur, za_before, changes, n_gen = sample_with_augmentation(
                 generator_model, processor, prompts, r_ref, traces, gen, synced)
             if vanishing_fix == "dynamic_sampling":          # ablation only (remedies.py)
@@ -527,11 +546,16 @@ def main():
         if vanishing_fix == "group_replay":                  # ablation only (remedies.py)
             rollout = group_replay(rollout, group_size, replay_store, replay_capacity, rng)
         t_gen = time.time() - t_gen
+        t_ref = time.time()
         if beta > 0:
             with autocast():
-                rollout.ref_logps = reference_logps(rollout, reference, temperature=temperature, device=device)
+                rollout.ref_logps = reference_logps(rollout, reference, temperature=temperature, device=device,
+                                                    rows_per_forward=rows_per_forward)
+        t_ref = time.time() - t_ref
         advantages = group_advantages(rollout.rewards, group_size, eps=adv_eps)
+        t_update = time.time()
         stats = policy_update(model, optimizer, rollout, advantages, params, world_size)
+        t_update, compile_s = time.time() - t_update, compile_seconds() - compile_s
         buffer.push(all_gather_floats(r_cur.tolist()))
         step += 1
         answers_generated += int(mean_over_ranks(n_gen) * world_size)
@@ -549,12 +573,15 @@ def main():
             "completion_len": gen_tokens / len(rollout.texts),
             "step_time": time.time() - t0, "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
             "video_wait": video_wait,                        # the step's wait for its decoded videos
+            "rollout_time": t_gen, "ref_time": t_ref, "update_time": t_update, "compile_time": compile_s,
             "peak_mem_gb": peak_memory_gb(),
         }
         # mean over ranks, like reward above (step_time, tokens/s and peak memory stay rank 0's)
         row.update(means_over_ranks({k: row[k] for k in (*stats, "augmented_harder", "augmented_easier",
                                                          "completion_len")}))
         if master:
+            if compile and step == 1:
+                print(f"step 1: {compile_s:.1f} s of its {row['step_time']:.1f} s compiling the decoder layers")
             if changes["hints"]:
                 row["example_hint"] = changes["hints"][0]
             log_file.write(json.dumps(row) + "\n")

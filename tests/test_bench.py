@@ -101,9 +101,9 @@ def test_phase_flops_and_decode_bytes():
     cfg = small_config()
     f = bench.phase_flops(cfg, 2, 3, 3, (2, 6, 4))
     vis = 2 * 73216
-    lm = 2 * bench.lm_forward_flops(cfg, 6, 4)
+    lm = 2 * bench.lm_forward_flops(cfg, 6, 3)
     assert f["logprob"] == lm + vis and f["train"] == 3 * lm + vis
-    assert f["train_hardware_with_recompute"] == f["train"] + lm - 2 * 2 * 8 * 10 * 4  # lm_head not recomputed
+    assert f["train_hardware_with_recompute"] == f["train"] + lm - 2 * 2 * 8 * 10 * 3  # lm_head not recomputed
     assert f["generate"] == f["prefill"] + f["decode"]
     shared = bench.phase_flops(cfg, 2, 3, 3, (2, 6, 4), n_videos=1)  # both answers share one video
     assert shared["vision"] == 73216 and shared["train"] == f["train"] - 73216
@@ -190,3 +190,35 @@ def test_bench_phases_option(tmp_path):
     assert rows == ["vision", "logprob", "train"]
     bad = subprocess.run(base + ["--phases=train,decode"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "phases" in bad.stderr and "decode" in bad.stderr
+
+
+def test_forward_tokens_hand_values():
+    import bench_step
+    prompts, answers = [10, 10, 12, 12], [5, 1, 2, 7]
+    # one padded forward per micro-batch of 2: (10 + 5) * 2 + (12 + 7) * 2
+    assert bench_step.forward_tokens(prompts, answers, 2, 0) == 68
+    # one row per forward: exactly the real tokens
+    assert bench_step.forward_tokens(prompts, answers, 2, 1) == sum(prompts) + sum(answers) == 59
+    # micro-batch of 4, forwards of 2 sorted by length 11, 14 | 15, 19: 2 * (12 + 2) + 2 * (12 + 7)
+    assert bench_step.forward_tokens(prompts, answers, 4, 2) == 66
+    assert bench_step.forward_tokens([10, 10, 10, 10], [1, 9, 2, 8], 4, 2) == 2 * 12 + 2 * 19
+
+
+def test_bench_step_phase(tmp_path):
+    out = tmp_path / "step.json"
+    cmd = [sys.executable, "bench.py", "--size=tiny", "--phases=step", "--batch_size=2", "--group_size=2",
+           "--num_frames=4", "--frame_size=56", "--prompt_len=8", "--gen_len=10", "--min_gen_len=2",
+           "--rows_per_forward=1", "--warmup=0", "--repeats=1", f"--json={out}"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    parts = [l.split("|")[1].strip() for l in res.stdout.splitlines() if l.startswith("| ") and "part" not in l]
+    assert parts == ["rollout", "reference", "update", "step"]
+    data = json.loads(out.read_text())
+    assert data["answers"] == 4 and 2 <= data["answer_len_mean"] <= 10
+    step = data["parts"]["step"]
+    assert step["time_s"] == pytest.approx(sum(data["parts"][k]["time_s"] for k in ("rollout", "reference", "update")))
+    assert step["flops"] == sum(data["parts"][k]["flops"] for k in ("rollout", "reference", "update"))
+    assert data["parts"]["update"]["flops"] > 2 * data["parts"]["reference"]["flops"]  # 2 passes x 3 forwards
+    assert data["padded_over_real"]["as_run"] == 1.0  # one answer per forward: no padding at all
+    assert data["padded_over_real"]["one_padded_forward_per_micro_batch"] >= 1.0
+    assert 0 < data["tokens_per_s_7b_equivalent"] < data["tokens_per_s"]

@@ -189,3 +189,23 @@ def test_trim_padding_and_select_rows():
     assert s["second_per_grid_ts"].tolist() == [2.0] and s["video_grid_thw"].tolist() == [[1, 2, 2]]
     with pytest.raises(ValueError, match="video_grid_thw: expected one video per row"):
         select_rows(dict(batch, video_grid_thw=batch["video_grid_thw"][:1]), torch.tensor([0]))
+
+
+def test_compiled_layers_same_logps_and_gradients_and_generation_stays_eager(tiny_dir):
+    """compile_decoder_layers with the "eager" backend (dynamo's tracing, no code generation: the test
+    checks the integration; inductor runs on CPU too but takes minutes to compile)."""
+    plain, processor = M.load_policy(tiny_dir)
+    compiled, _ = M.load_policy(tiny_dir)
+    M.compile_decoder_layers(compiled, backend="eager")
+    batch = mixed_length_batch(processor)
+    weights = torch.randn(batch["completion_mask"].shape, generator=torch.Generator().manual_seed(2))
+    before = M.compile_seconds()
+    got = values_and_grads(compiled.train(), lambda: length_sorted_logps(compiled, batch, 2), weights)
+    assert M.compile_seconds() > before  # the layers were really traced
+    ref = values_and_grads(plain.train(), lambda: length_sorted_logps(plain, batch, 2), weights)
+    assert_same(got, ref, atol=1e-5)
+    before = M.compile_seconds()
+    prompts = {k: v for k, v in prompt_batch(processor, QUESTIONS[:1], videos(1)).items()}
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+        compiled.eval().generate(**prompts, max_new_tokens=4, do_sample=False)
+    assert M.compile_seconds() == before

@@ -33,11 +33,13 @@ def sft_weights(tiny):
 @pytest.mark.parametrize("loss", ["reg_grpo", "grpo", "rebel"])
 def test_few_steps_train_each_loss(tiny, tmp_path, loss):
     out = tmp_path / loss
-    run(train_args(tiny, out, f"--loss={loss}", "--max_steps=3", "--checkpoint_interval=3"))
+    sorted_rows = ["--rows_per_forward=2"] if loss == "grpo" else []  # length-sorted forwards, one loss
+    run(train_args(tiny, out, f"--loss={loss}", "--max_steps=3", "--checkpoint_interval=3", *sorted_rows))
     rows = log_rows(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
         assert math.isfinite(r["loss"]) and math.isfinite(r["kl"])
+        assert r["update_time"] > 0 and r["ref_time"] > 0 and r["compile_time"] == 0
         assert 0.0 <= r["reward"] <= 2.0 and 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["format"] <= 1.0
         assert 0.0 <= r["zero_adv_before"] <= 1.0 and 0.0 <= r["zero_adv_after"] <= 1.0
     assert rows[-1]["answers_generated"] >= 3 * 2 * 4
