@@ -11,9 +11,10 @@ Phases, timed separately (warmup, then timed repeats; cuda synchronised):
   logprob    logprobs.completion_logps under no_grad over prompt + completion (old / reference log-probs)
   vision     the vision tower alone over the batch's videos (its share of prefill / logprob / train)
   train      completion_logps + reg_grpo_loss + backward + AdamW step (vision tower frozen)
---phases picks some; --master_dtype=float32 times train.py's default (fp32 weights, bf16 autocast);
---reference=True holds the frozen reference too (peak memory); --profile=PREFIX writes torch.profiler
-tables (slow on real sizes: profile with --gen_len small).
+  step       one whole RL step as train.py runs it, part by part (bench_step.py; --phases=step alone)
+--phases picks some; --compile=True compiles the decoder layers; --master_dtype=float32 times train.py's
+default (fp32 weights, bf16 autocast); --reference=True holds the frozen reference too (peak memory);
+--profile=PREFIX writes torch.profiler tables (slow on real sizes: profile with --gen_len small).
 3b / 7b use the published Qwen2.5-VL shapes with random weights (no download, no tokenizer): the
 prompt is random text ids around <|vision_start|> <|video_pad|> * n <|vision_end|>.
 
@@ -85,6 +86,7 @@ num_iterations = 2            # update passes per rollout
 micro_batch_groups = 1        # groups per forward/backward
 rows_per_forward = 0          # answers per forward, sorted by length (0: the micro-batch, one forward)
 min_gen_len = 0               # > 0: cut each answer at a length uniform in [min_gen_len, gen_len]
+sampler = "auto"              # rollout.generate_rollout's sampler: fast | hf | auto
 grad_clip = 1.0
 json = ""                     # path: write every number as JSON
 profile = ""                  # path prefix: torch.profiler tables of one call per phase, <prefix>_<phase>.txt
@@ -491,8 +493,7 @@ def run_bench():
     def generate(new_tokens):
         model.eval()
         extra = {"cache_implementation": cache_implementation} if cache_implementation else {}
-        eager = torch.compiler.set_stance("force_eager") if compile else contextlib.nullcontext()
-        with torch.no_grad(), amp, gathered_for_generation(model), eager:
+        with torch.no_grad(), amp, gathered_for_generation(model):
             return model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                   suppress_tokens=suppress, do_sample=True, **extra)
 
@@ -571,7 +572,7 @@ def run_step_phase(weights_dtype, torch_dtype, checkpointing, peak_f):
     settings = {k: globals()[k] for k in ("group_size", "num_iterations", "micro_batch_groups", "rows_per_forward",
                                           "device", "dtype", "master_dtype", "beta", "grad_clip", "compile", "seed",
                                           "batch_size", "prompt_len", "num_frames", "frame_size", "gen_len",
-                                          "min_gen_len", "learning_rate", "fused_adamw", "warmup", "repeats")}
+                                          "min_gen_len", "learning_rate", "fused_adamw", "warmup", "repeats", "sampler")}
     r = bench_step.run_step(settings, model, ref_model, processor, config, grid, peak_f,
                             (lm_forward_flops, vision_forward_flops, qwen25vl_config),
                             (sync, reset_peak, peak_memory_gb))

@@ -123,9 +123,10 @@ def run_step(s, model, ref_model, processor, config, grid, peak_f, counting, har
 
     def one_step():
         times, mems = {}, {}
-        with train.autocast(), train.eager_generation():
+        with train.autocast():
             times["rollout"], mems["rollout"], rollout = timed_part(*hardware, lambda: generate_rollout(
-                model, processor, records, videos, s["group_size"], max_new_tokens=s["gen_len"], temperature=1.0))
+                model, processor, records, videos, s["group_size"], max_new_tokens=s["gen_len"], temperature=1.0,
+                sampler=s["sampler"]))
         if s["min_gen_len"]:
             rollout = cut_lengths(rollout, s["min_gen_len"], gen)
         with train.autocast():

@@ -348,16 +348,22 @@ def count_parameters(model, trainable_only=False):
 
 
 def compile_decoder_layers(model, **compile_kwargs):
-    """torch.compile each decoder layer in place (regional compilation: one graph, reused by every layer).
+    """torch.compile each decoder layer's forward (regional compilation: one graph, reused by every layer).
 
-    The layers are where the update's time goes, and their shapes repeat across layers, so this
-    compiles once per distinct input (shape, grad mode, dtype) instead of once per model. Generation
-    should run them eagerly (`torch.compiler.set_stance("force_eager")`): a KV-cache decode recompiles
-    at every new length until torch gives up on the layer altogether. Under FSDP2, compile before
-    fully_shard (dynamo skips FSDP2's hooks and runs them eagerly). Returns the model.
+    The layers are where the update's time goes, and they are alike, so this compiles once per
+    distinct input (shapes, grad mode, dtype) instead of once per model. A call with a KV cache
+    (generation's prefill and decode) runs the layer eagerly: a decode recompiles at every new length
+    until torch gives up on the layer altogether, for the log-prob passes too. Under FSDP2, compile
+    before fully_shard (dynamo skips FSDP2's hooks and runs them eagerly). Returns the model.
     """
     for layer in model.model.language_model.layers:
-        layer.compile(**compile_kwargs)
+        eager = layer.forward
+        compiled = torch.compile(eager, **compile_kwargs)
+
+        def forward(*args, _eager=eager, _compiled=compiled, **kwargs):
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))   # the name changed in transformers 5.2x
+            return (_eager if cache is not None else _compiled)(*args, **kwargs)
+        layer.forward = forward
     return model
 
 

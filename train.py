@@ -412,11 +412,6 @@ def policy_update(model, optimizer, rollout, advantages, params, world_size):
     return stats_sum
 
 
-def eager_generation():
-    """Generation runs the decoder layers uncompiled (see model.compile_decoder_layers)."""
-    return torch.compiler.set_stance("force_eager") if compile else nullcontext()
-
-
 def gradient_sync(model, last, world_size):
     """Reduce gradients across ranks only on the last micro-batch of a pass."""
     if world_size == 1:
@@ -533,7 +528,7 @@ def main():
             upcoming = drawing.submit(prompts_of_step, records, step + 1, rank, skipped)
         t_gen, compile_s = time.time(), compile_seconds()
         r_ref = buffer.mean()                # the r_ref that classifies this step (read before the push)
-        with autocast(), eager_generation():
+        with autocast():
             rollout, r_cur, za_before, changes, n_gen = sample_with_augmentation(
                 generator_model, processor, prompts, r_ref, traces, gen, synced)
             if vanishing_fix == "dynamic_sampling":          # ablation only (remedies.py)

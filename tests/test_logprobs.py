@@ -191,7 +191,7 @@ def test_trim_padding_and_select_rows():
         select_rows(dict(batch, video_grid_thw=batch["video_grid_thw"][:1]), torch.tensor([0]))
 
 
-def test_compiled_layers_same_logps_and_gradients_and_generation_stays_eager(tiny_dir):
+def test_compiled_layers_same_logps_and_gradients_and_generation_runs_eagerly(tiny_dir):
     """compile_decoder_layers with the "eager" backend (dynamo's tracing, no code generation: the test
     checks the integration; inductor runs on CPU too but takes minutes to compile)."""
     plain, processor = M.load_policy(tiny_dir)
@@ -206,6 +206,6 @@ def test_compiled_layers_same_logps_and_gradients_and_generation_stays_eager(tin
     assert_same(got, ref, atol=1e-5)
     before = M.compile_seconds()
     prompts = {k: v for k, v in prompt_batch(processor, QUESTIONS[:1], videos(1)).items()}
-    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+    with torch.no_grad():
         compiled.eval().generate(**prompts, max_new_tokens=4, do_sample=False)
-    assert M.compile_seconds() == before
+    assert M.compile_seconds() == before  # calls with a KV cache run the layers eagerly
