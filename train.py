@@ -121,6 +121,8 @@ def setting_problems(c):
         (c["group_size"] >= 2, f"group_size={c['group_size']}: need >= 2 answers per prompt to compare"),
         (c["prompts_per_step"] >= 1, f"prompts_per_step={c['prompts_per_step']}: need >= 1"),
         (c["micro_batch_groups"] >= 1, f"micro_batch_groups={c['micro_batch_groups']}: need >= 1"),
+        (c["rows_per_forward"] >= 0, f"rows_per_forward={c['rows_per_forward']}: need >= 0 (0: one forward "
+                                     "per micro-batch)"),
         (c["num_iterations"] >= 1, f"num_iterations={c['num_iterations']}: need >= 1"),
         (c["max_steps"] >= 1, f"max_steps={c['max_steps']}: need >= 1"),
         (c["max_answers"] >= 0, f"max_answers={c['max_answers']}: need >= 0 (0: off)"),
