@@ -11,6 +11,7 @@ from PIL import Image
 
 import model as M
 from dataset import convert_seedbench_r1, load_records, load_samples, write_records
+from logprobs import completion_logps
 from rollout import (build_messages, concat_rollouts, drop_long_prompts, encode_prompts, generate_rollout,
                      prompt_length)
 from video import write_video
@@ -70,7 +71,7 @@ def test_messages_and_rollout_carry_video_image_text(seedbench, tmp_path):
     assert rollout.visual["image_grid_thw"].shape[0] == 4
     picked = concat_rollouts([rollout.select([3]), rollout.select([0])])
     assert picked.visual["pixel_values"].shape[0] == 2 * n_image_tokens * 4
-    logps = M.completion_logps(policy, picked.logp_batch())
+    logps = completion_logps(policy, picked.logp_batch())
     assert torch.isfinite(logps).all()
 
     # a prompt that does not fit the model's positions with max_new_tokens is skipped by file:line, counted
