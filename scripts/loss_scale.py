@@ -65,7 +65,8 @@ def grad_norm(params):
 def first_update(seed):
     import train as T
     from dataset import read_records_or_exit
-    from model import completion_logps, freeze_vision, load_policy
+    from logprobs import completion_logps
+    from model import freeze_vision, load_policy
     from reg_grpo import group_advantages
     from rollout import micro_batches
     torch.manual_seed(seed)
@@ -120,7 +121,8 @@ def first_update(seed):
 def kl_response(seed):
     import train as T
     from dataset import read_records_or_exit
-    from model import completion_logps, freeze_vision, load_policy
+    from logprobs import completion_logps
+    from model import freeze_vision, load_policy
     from reg_grpo import group_advantages
     torch.manual_seed(seed)
     policy, processor = load_policy(T.init_from)
