@@ -18,6 +18,7 @@ Random-weights mode (bench.py's models and prompts): every answer decodes exactl
 records of `data`, both samplers, same seed; answers stop at their end-of-turn token.
 """
 import json as jsonlib
+import os
 import sys
 import time
 
@@ -75,12 +76,16 @@ def timed(fn):
     return first, sum(times) / len(times), out
 
 
+def capture(first, steady):
+    """The first call's extra time (compile + CUDA graph capture); None on CPU, where nothing compiles."""
+    return first - steady if device.startswith("cuda") else None
+
+
 def random_weights_rows():
     """Prefill / decode / rollout of both samplers on bench.py's random-weights model."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     torch_dtype = getattr(torch, dtype)
-    bench.device, bench.dtype, bench.seed = device, dtype, seed
     model, config, suppress = bench.build_model(size, device, torch_dtype, "sdpa")
     model.eval()
     grid = bench.video_grid(config.vision_config, num_frames, frame_size)
@@ -109,7 +114,7 @@ def random_weights_rows():
             _, t_pre, _ = timed(prefill_of[name])
             step = (t_all - t_pre) / (gen_len - 1)
             rows[name] = {"prefill_s": t_pre, "decode_s": t_all - t_pre, "step_ms": 1e3 * step,
-                          "rollout_s": t_all, "first_call_s": first, "compile_capture_s": first - t_all,
+                          "rollout_s": t_all, "first_call_s": first, "compile_capture_s": capture(first, t_all),
                           "tokens_per_s": N * gen_len / t_all, "decode_bandwidth_gbs": step_bytes / step / 1e9,
                           "bandwidth_use": step_bytes / step / 1e9 / peak_bw}
     return rows, {"answers": N, "prompt_len_total": P, "peak_bandwidth_gbs": peak_bw}
@@ -133,7 +138,7 @@ def real_rollout_rows():
                                     sampler=name)
         first, t_all, rollout = timed(run)
         tokens = int(rollout.completion_mask.sum())
-        rows[name] = {"rollout_s": t_all, "first_call_s": first, "compile_capture_s": first - t_all,
+        rows[name] = {"rollout_s": t_all, "first_call_s": first, "compile_capture_s": capture(first, t_all),
                       "answer_tokens": tokens, "tokens_per_s": tokens / t_all,
                       "reward": float(rollout.rewards.mean())}
     return rows, {"answers": batch_size * group_size, "data": data, "init_from": init_from}
@@ -144,11 +149,12 @@ def format_rows(rows):
                         "bandwidth_use", "answer_tokens", "reward") if c in next(iter(rows.values()))]
     where = f"{init_from} on {data}" if init_from else f"{size} random weights"
     lines = [f"{where}, {device} {dtype}: {batch_size} prompts x G={group_size}, {num_frames} frames "
-             f"{frame_size}px, {gen_len} new tokens", "| sampler | " + " | ".join(cols) + " |",
+             f"{frame_size}px, {gen_len} new tokens; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+             "| sampler | " + " | ".join(cols) + " |",
              "|---|" + "---:|" * len(cols)]
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.1%}" if c == "bandwidth_use" else f"{r[c]:.4g}"
-                                                for c in cols) + " |")
+        lines.append(f"| {name} | " + " | ".join("-" if r[c] is None else f"{r[c]:.1%}" if c == "bandwidth_use"
+                                                else f"{r[c]:.4g}" for c in cols) + " |")
     if "fast" in rows and "hf" in rows:
         lines.append(f"fast vs hf: rollout {rows['hf']['rollout_s'] / rows['fast']['rollout_s']:.2f}x"
                      + (f", decode step {rows['hf']['step_ms'] / rows['fast']['step_ms']:.2f}x"

@@ -180,3 +180,16 @@ def test_resolve_names_the_setting():
     assert sampler.resolve("auto", torch.device("cpu")) in ("fast", "hf")
     with pytest.raises(ValueError, match="sampler"):
         sampler.resolve("vllm", torch.device("cpu"))
+
+
+def test_bench_sampler_times_both_samplers(monkeypatch):
+    import bench_sampler
+    small = dict(batch_size=1, group_size=2, num_frames=4, frame_size=56, prompt_len=8, gen_len=4, repeats=1,
+                 peak_bandwidth_gbs=10.0)
+    for key, value in small.items():
+        monkeypatch.setattr(bench_sampler, key, value)
+    rows, info = bench_sampler.random_weights_rows()
+    assert set(rows) == {"fast", "hf"} and info["answers"] == 2
+    for r in rows.values():
+        assert {"prefill_s", "decode_s", "step_ms", "rollout_s", "compile_capture_s", "bandwidth_use"} <= set(r)
+    assert "fast vs hf" in bench_sampler.format_rows(rows)
