@@ -29,6 +29,7 @@ zero-advantage ratio against answers generated).
 """
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -114,8 +115,7 @@ def train(run_dir, settings, seed, val, budget):
     if os.path.exists(os.path.join(run_dir, "summary.json")):
         print(f"  {run_dir}: done already, reusing")
     else:
-        if os.path.exists(os.path.join(run_dir, "log.jsonl")):
-            os.remove(os.path.join(run_dir, "log.jsonl"))
+        shutil.rmtree(run_dir, ignore_errors=True)          # an unfinished run is redone from the start
         t0 = time.time()
         proc = subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True)
         if proc.returncode != 0:

@@ -5,8 +5,8 @@ question family / difficulty bucket, written to JSON and printed as a small tabl
     python eval.py --model=out/tiny-rl/ckpt.pt --data=data/synthetic/val.jsonl
     python eval.py --model=Qwen/Qwen2.5-VL-7B-Instruct --data=seedbench/validation_L1.jsonl --device=cuda
 
-`--model` takes a checkpoint `train.py` or `sft.py` wrote (`ckpt.pt`, or its folder) or any Qwen2.5-VL
-checkpoint `load_policy` can open (hub id or local folder).
+`--model` takes a checkpoint `train.py` wrote (`ckpt.pt`, or its folder), the model folder it exports
+(`out/tiny-rl/model`), or any Qwen2.5-VL checkpoint `load_policy` can open (hub id or local folder).
 """
 import json
 import os
@@ -139,7 +139,8 @@ def load_any_policy(path, device="cpu", dtype="float32"):
     torch_dtype = getattr(torch, dtype)
     ckpt_file = path if path.endswith(".pt") else os.path.join(path, "ckpt.pt")
     if os.path.isfile(ckpt_file):
-        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+        from checkpoint import safe_load
+        ckpt = safe_load(ckpt_file)                                 # tensors and plain types only
         policy, processor = load_policy(ckpt["config"]["init_from"], dtype=torch_dtype, device=device)
         policy.load_state_dict(ckpt["model"])
         return policy, processor

@@ -26,8 +26,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import (load_checkpoint, load_states, model_state, optimizer_state, rng_state,
-                        save_checkpoint, set_rng_state, unwrap)
+from checkpoint import export_model, load_run_state, load_states, rng_state, save_checkpoint, set_rng_state, unwrap
 from configurator import DTYPES, configure, device_ok, writable_dir
 from dataset import VideoError, load_samples, read_records_or_exit, read_sample
 from difficulty import (DEFAULT_MARGIN, HintTraces, RewardBuffer, answer_piece, group_mean_rewards,
@@ -39,6 +38,7 @@ from model import freeze_vision as freeze_vision_tower, load_policy, load_refere
 from reg_grpo import group_advantages, grpo_loss, rebel_loss, reg_grpo_loss
 from remedies import dynamic_sampling, group_replay
 from rollout import concat_rollouts, drop_long_prompts, generate_rollout, micro_batches, reference_logps, to_device
+from runlog import open_log, refuse_previous_run, start_wandb, write_summary
 
 # ----------------------------------------------------------------------------- config
 # I/O
@@ -46,8 +46,12 @@ out_dir = "out/tiny-rl"
 init_from = "out/tiny-sft"    # policy to start from: save_pretrained folder or hub id
 train_data = "data/synthetic/train.jsonl"
 val_data = "data/synthetic/val.jsonl"
-resume = False                # continue from out_dir/ckpt.pt
+resume = False                # continue from out_dir's checkpoint (a fresh run refuses an out_dir holding one)
 checkpoint_interval = 25      # steps; a killed run loses at most this many
+export_every_checkpoint = False  # out_dir/model (save_pretrained folder) at each checkpoint; always at the end
+wandb_log = False             # also log the rows to Weights & Biases (needs wandb installed)
+wandb_project = "deepvideo-r1"
+wandb_run_name = "rl"
 eval_interval = 50            # steps; 0: only before and after
 eval_samples = 1000
 seed = 1337
@@ -434,6 +438,11 @@ def main():
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     master = rank == 0
+    sharded = distributed == "fsdp" and world_size > 1
+    saved = load_run_state(out_dir, sharded, world_size, prompts_per_step) if resume else None
+    if not resume:
+        refuse_previous_run(out_dir)
+    wandb = start_wandb(wandb_project, wandb_run_name, config) if wandb_log and master else None
     ensure_embedded_default(rank)
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed + rank)
@@ -475,18 +484,16 @@ def main():
     buffer = RewardBuffer(buffer_window)
     traces = HintTraces()                    # the hints' answer-conditioned traces, made once per sample
 
-    ckpt_path = os.path.join(out_dir, "ckpt.pt")
-    sharded = distributed == "fsdp" and world_size > 1
     step, answers_generated, history, skipped, replay_store = 0, 0, [], {}, []
     if resume:
-        ckpt = load_checkpoint(ckpt_path)
-        load_states(model, optimizer, ckpt, sharded)
-        buffer.load_state_dict(ckpt["buffer"])
-        traces.load_state_dict(ckpt["hint_traces"][rank])
-        set_rng_state(ckpt["rng"][rank], rng, gen)
-        step, answers_generated, history = ckpt["step"], ckpt["answers_generated"], ckpt["history"]
+        load_states(out_dir, model, optimizer, saved, sharded)
+        buffer.load_state_dict(saved["buffer"])
+        traces.load_state_dict(saved["hint_traces"][rank])
+        set_rng_state(saved["rng"][rank], rng, gen)
+        step, answers_generated, history = saved["step"], saved["answers_generated"], saved["history"]
         if master:
-            print(f"resumed from {ckpt_path} at step {step}")
+            print(f"resumed from {out_dir} at step {step}")
+        del saved
     synced = world_size > 1 and distributed == "fsdp"
     generator_model = model if distributed == "fsdp" else unwrap(model)
 
@@ -502,21 +509,20 @@ def main():
         return results
 
     def checkpoint():
-        ckpt = {"model": model_state(model, sharded), "optimizer": optimizer_state(model, optimizer, sharded),
-                "step": step,
-                "buffer": buffer.state_dict(), "hint_traces": all_gather_objects_or_self(traces.state_dict()),
-                "rng": all_gather_objects_or_self(rng_state(rng, gen)),
-                "answers_generated": answers_generated, "history": history, "config": config}
-        if master:
-            save_checkpoint(ckpt_path, ckpt)
+        state = {"step": step, "buffer": buffer.state_dict(), "rng": all_gather_objects_or_self(rng_state(rng, gen)),
+                 "hint_traces": all_gather_objects_or_self(traces.state_dict()),
+                 "answers_generated": answers_generated, "history": history, "config": config,
+                 "world_size": world_size}
+        save_checkpoint(out_dir, model, optimizer, state, sharded)
+        if finished() or export_every_checkpoint:
+            export_model(out_dir, model, processor, getattr(torch, dtype), step, sharded)
 
     def finished():
         return step >= max_steps or bool(max_answers and answers_generated >= max_answers)
 
     if step == 0 and not history:
         run_eval()
-    log_path = os.path.join(out_dir, "log.jsonl")
-    log_file = open(log_path, "a") if master else None
+    log_file = open_log(out_dir, step) if master else None
     bar = tqdm(total=max_steps, initial=step, disable=not master, desc="rl", dynamic_ncols=True)
     drawing = ThreadPoolExecutor(max_workers=1)  # decodes the next step's videos while this one runs
     upcoming = drawing.submit(prompts_of_step, records, step, rank, skipped)
@@ -583,6 +589,8 @@ def main():
                 row["example_hint"] = changes["hints"][0]
             log_file.write(json.dumps(row) + "\n")
             log_file.flush()
+            if wandb:
+                wandb.log(row, step=step)
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row['accuracy']:.2f}",
                             za=f"{row['zero_adv_before']:.2f}->{row['zero_adv_after']:.2f}")
@@ -598,35 +606,33 @@ def main():
             train_skips[k] = train_skips.get(k, 0) + v
     if master:
         log_file.close()
-        first = history[0]["val_accuracy"]
-        final = history[-1]["val_accuracy"]
-        rows = [json.loads(l) for l in open(log_path)]
-        za = zero_adv_summary(rows)
-        summary = {"val_accuracy_start": first, "val_accuracy_end": final, "steps": step,
-                   "answers_generated": answers_generated, **za,
-                   "seconds_per_step": sum(r["step_time"] for r in rows) / len(rows),
-                   "rollout_tokens_per_s": sum(r["rollout_tokens_per_s"] for r in rows) / len(rows),
-                   "skipped_records": {"train": train_skips, "val": val_skips}, "history": history}
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        summary = write_summary(out_dir, history, step, answers_generated,
+                                skipped_records={"train": train_skips, "val": val_skips})
+        first, final, za = summary["val_accuracy_start"], summary["val_accuracy_end"], summary
         print(f"val accuracy: {first:.3f} (start of RL) -> {final:.3f} (after {step} steps); zero-advantage ratio "
               f"sampled -> trained on: {za['zero_adv_sampled']:.2f} -> {za['zero_adv_trained']:.2f} (all steps), "
               f"{za['zero_adv_sampled_last']:.2f} -> {za['zero_adv_trained_last']:.2f} (last 20%)")
+    if wandb:
+        wandb.finish()
     if dist.is_initialized():
         check_ranks_in_sync(model)
-        dist.destroy_process_group()
+        leave_process_group()
 
 
-def zero_adv_summary(rows):
-    """Means of the per-step zero-advantage ratios as first sampled and as trained on (after augmentation
-    and any vanishing-advantage remedy), both over the same steps: all of them, and the last 20%."""
-    last = rows[-max(1, len(rows) // 5):]
+def leave_process_group():
+    """Wait for every rank, destroy the process group, and end the process here.
 
-    def mean(key, part):
-        return sum(r[key] for r in part) / len(part)
-    return {"zero_adv_sampled": mean("zero_adv_before", rows), "zero_adv_trained": mean("zero_adv_after", rows),
-            "zero_adv_sampled_last": mean("zero_adv_before", last),
-            "zero_adv_trained_last": mean("zero_adv_after", last)}
+    gloo's worker threads (pt_gloo_runloop, gloo_tcp_loop) are still running after destroy_process_group
+    and a gc (DDP and FSDP2 alike; under FSDP2 DTensor's sharding caches keep the DeviceMesh that holds
+    the group), so the interpreter's finalisation and exit() tear them down, in no fixed order with the
+    objects they use. The abort "terminate called without an active exception" after a finished run
+    happened there. Every file is closed by now: the process ends at once, exit code 0.
+    """
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def check_ranks_in_sync(model):

@@ -43,7 +43,7 @@ def test_few_steps_train_each_loss(tiny, tmp_path, loss):
         assert 0.0 <= r["reward"] <= 2.0 and 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["format"] <= 1.0
         assert 0.0 <= r["zero_adv_before"] <= 1.0 and 0.0 <= r["zero_adv_after"] <= 1.0
     assert rows[-1]["answers_generated"] >= 3 * 2 * 4
-    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     before = sft_weights(tiny)
     changed = [k for k, v in ckpt["model"].items() if not torch.equal(v, before[k])]
     assert changed, "no parameter changed in 3 RL steps"
@@ -59,18 +59,23 @@ def test_few_steps_train_each_loss(tiny, tmp_path, loss):
 
 
 def test_resume_reproduces_the_next_step(tiny, tmp_path):
+    """Killed while saving step 3 (after logging it): the resumed run redoes step 3 and logs it once."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run(train_args(tiny, straight, "--max_steps=3", "--checkpoint_interval=2"))
-    run(train_args(tiny, resumed, "--max_steps=2", "--checkpoint_interval=2"))
+    proc = run(train_args(tiny, resumed, "--max_steps=3", "--checkpoint_interval=2"),
+               env={"CKPT_KILL_BEFORE_COMMIT": "3"}, check=False)
+    assert proc.returncode == -9 and [r["step"] for r in log_rows(resumed)] == [1, 2, 3]
     run(train_args(tiny, resumed, "--max_steps=3", "--checkpoint_interval=2", "--resume=True"))
     a, b = log_rows(straight), log_rows(resumed)
     assert [r["step"] for r in b] == [1, 2, 3]
     for key in ("reward", "accuracy", "loss", "zero_adv_before", "answers_generated", "completion_len"):
         assert a[2][key] == pytest.approx(b[2][key], rel=1e-5, abs=1e-6), key
-    final_a = torch.load(straight / "ckpt.pt", weights_only=False)["model"]
-    final_b = torch.load(resumed / "ckpt.pt", weights_only=False)["model"]
+    final_a = torch.load(straight / "ckpt.pt", weights_only=True)["model"]
+    final_b = torch.load(resumed / "ckpt.pt", weights_only=True)["model"]
     for k in final_a:
         torch.testing.assert_close(final_a[k], final_b[k], rtol=1e-5, atol=1e-6)
+    proc = run(train_args(tiny, resumed, "--max_steps=3"), check=False)          # a fresh run, same out_dir
+    assert proc.returncode != 0 and "holds a previous run (log.jsonl" in proc.stderr and "--resume=True" in proc.stderr
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
@@ -82,7 +87,11 @@ def test_torchrun_two_ranks_stay_in_sync(tiny, tmp_path, mode):
     rows = log_rows(out)
     assert [r["step"] for r in rows] == [1, 2]
     assert rows[-1]["answers_generated"] >= 2 * 2 * 2 * 4          # steps x ranks x prompts x G
-    assert os.path.exists(out / "ckpt.pt")
+    assert os.path.exists(out / ("ckpt.pt" if mode == "ddp" else "ckpt/state.pt"))
+    if mode == "ddp":                                        # resumed by one process: stops, says what differs
+        proc = run(train_args(tiny, out, "--max_steps=3", "--resume=True"), check=False)
+        assert proc.returncode != 0 and "written by 2 ranks, this run has 1" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
 
 
 def test_bad_config_key_and_bad_data_path_fail_clearly(tiny, tmp_path):
@@ -105,7 +114,7 @@ def test_bf16_compute_with_gradient_checkpointing_keeps_float32_master_weights(t
                    "--checkpoint_interval=2"))
     rows = log_rows(out)
     assert all(math.isfinite(r["loss"]) for r in rows)
-    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
     before = sft_weights(tiny)
     assert any(not torch.equal(v, before[k]) for k, v in ckpt["model"].items())

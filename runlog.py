@@ -1,0 +1,103 @@
+"""
+What a run leaves to read: log.jsonl (one row per step, each step once), summary.json (over this
+run's rows), curves.png (reward, validation accuracy, zero-advantage ratio against step), and, with
+wandb_log, the same rows on Weights & Biases.
+"""
+import json
+import os
+
+RUN_FILES = ("log.jsonl", "summary.json", "ckpt.pt", "ckpt", "model")
+
+
+def refuse_previous_run(out_dir):
+    """A fresh run never mixes with an earlier one: it stops if out_dir already holds a run."""
+    found = [name for name in RUN_FILES if os.path.lexists(os.path.join(out_dir, name))]
+    if found:
+        raise SystemExit(f"{out_dir}: holds a previous run ({', '.join(found)}); continue it with "
+                         "--resume=True, or remove those files or choose another --out_dir")
+
+
+def open_log(out_dir, step):
+    """log.jsonl for appending, holding only rows up to `step` (those of the checkpoint resumed from)."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if os.path.exists(path):
+        rows = read_rows(path)
+        kept = [r for r in rows if r["step"] <= step]
+        if len(kept) < len(rows):
+            print(f"{path}: dropped {len(rows) - len(kept)} rows after step {step} (written after the checkpoint)")
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(path + ".tmp", path)
+    return open(path, "a")
+
+
+def read_rows(path):
+    """The rows of a log; a last line cut short by a kill is left out."""
+    rows = []
+    for line in open(path):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def write_summary(out_dir, history, steps, answers_generated, **extra):
+    """summary.json over the rows of log.jsonl (this run's only), the eval history and `extra`; returns it."""
+    rows = read_rows(os.path.join(out_dir, "log.jsonl"))
+    summary = {"val_accuracy_start": history[0]["val_accuracy"], "val_accuracy_end": history[-1]["val_accuracy"],
+               "steps": steps, "answers_generated": answers_generated, **zero_adv_summary(rows),
+               "seconds_per_step": sum(r["step_time"] for r in rows) / max(1, len(rows)),
+               "rollout_tokens_per_s": sum(r["rollout_tokens_per_s"] for r in rows) / max(1, len(rows)),
+               **extra, "history": history}
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    plot_curves(os.path.join(out_dir, "curves.png"), rows, history)
+    return summary
+
+
+def zero_adv_summary(rows):
+    """Means of the per-step zero-advantage ratios as first sampled and as trained on (after augmentation
+    and any vanishing-advantage remedy), both over the same steps: all of them, and the last 20%."""
+    last = rows[-max(1, len(rows) // 5):]
+
+    def mean(key, part):
+        return sum(r[key] for r in part) / len(part)
+    return {"zero_adv_sampled": mean("zero_adv_before", rows), "zero_adv_trained": mean("zero_adv_after", rows),
+            "zero_adv_sampled_last": mean("zero_adv_before", last),
+            "zero_adv_trained_last": mean("zero_adv_after", last)}
+
+
+def plot_curves(path, rows, history):
+    """Reward, validation accuracy and zero-advantage ratio (before / after augmentation) per step."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: no {path} (pip install matplotlib)")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(steps, [r["reward"] for r in rows], label="reward")
+    axes[0].plot(steps, [r["accuracy"] for r in rows], label="train accuracy")
+    axes[1].plot([h["step"] for h in history], [h["val_accuracy"] for h in history], "o-", label="val accuracy")
+    axes[2].plot(steps, [r["zero_adv_before"] for r in rows], label="before augmentation")
+    axes[2].plot(steps, [r["zero_adv_after"] for r in rows], label="after augmentation")
+    for ax, title in zip(axes, ("reward", "validation accuracy", "zero-advantage ratio")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def start_wandb(project, run_name, config):
+    """nanoGPT's convention: wandb is imported only when wandb_log is on."""
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("wandb_log=True needs the wandb package (pip install wandb), which is not installed")
+    wandb.init(project=project, name=run_name, config=config)
+    return wandb
