@@ -134,6 +134,9 @@ def select_learning_rates(budget):
     for loss, grid in lr_grid.items():
         if not any(ARM_SETTINGS.get(a, {}).get("loss") == loss for a in arms):
             continue
+        if len(grid) == 1:                                    # a fixed rate: nothing to select
+            chosen[loss], trials[loss] = grid[0], {}
+            continue
         scores = {}
         for lr in grid:
             summary, _ = train(os.path.join(out_dir, "lr_select", f"{loss}_lr{lr:g}"),
