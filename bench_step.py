@@ -31,11 +31,12 @@ from rollout import generate_rollout, reference_logps
 QUESTION = "Which way does the red square move?"
 
 
-def step_records(processor, n, text_len):
-    """n multiple-choice records whose prompt text (chat template, no video) is about text_len tokens."""
+def step_records(processor, n, text_len, frames):
+    """n multiple-choice records whose prompt text (chat template, no video) is about text_len tokens,
+    with `frames` frames sampled at 2 fps (their presentation times in seconds)."""
     from rollout import build_messages
     record = {"question": QUESTION, "options": ["left", "right", "up", "down"], "problem_type": "multiple_choice",
-              "answer": "B", "id": 0}
+              "answer": "B", "id": 0, "times": [i / 2.0 for i in range(frames)]}
     base = processor.apply_chat_template(build_messages(record), tokenize=False, add_generation_prompt=True)
     have = len(processor.tokenizer(base, add_special_tokens=False)["input_ids"])
     record["question"] += " A" * max(0, text_len - have)  # " A" is one token
@@ -114,7 +115,7 @@ def run_step(s, model, ref_model, processor, config, grid, peak_f, counting, har
     lm_forward_flops, vision_forward_flops, qwen25vl_config = counting
     configure_train(s)
     gen = torch.Generator().manual_seed(s["seed"])
-    records = step_records(processor, s["batch_size"], s["prompt_len"])
+    records = step_records(processor, s["batch_size"], s["prompt_len"], s["num_frames"])
     videos = step_videos(s["batch_size"], s["num_frames"], s["frame_size"], s["seed"])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s["learning_rate"],
