@@ -234,8 +234,7 @@ def means_over_ranks(values):
     """{key: mean over ranks} of a dict of floats with the same keys on every rank (one all-reduce)."""
     if not dist.is_initialized():
         return values
-    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64,
-                     device=device if dist.get_backend() == "nccl" else "cpu")
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
     return dict(zip(values, (t / dist.get_world_size()).tolist()))
 
@@ -244,10 +243,15 @@ def mean_or_none(values):
     return sum(values) / len(values) if values else None
 
 
+def collective_device():
+    """Where a tensor for a collective must live: the GPU under nccl, the CPU under gloo."""
+    return device if dist.get_backend() == "nccl" else "cpu"
+
+
 def mean_over_ranks(value):
     if not dist.is_initialized():
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
     return t.item() / dist.get_world_size()
 
@@ -364,7 +368,7 @@ def any_rank(flag):
     """True if `flag` is true on any rank (keeps the ranks' generate calls in step under FSDP2)."""
     if not dist.is_initialized():
         return bool(flag)
-    t = torch.tensor([int(bool(flag))])
+    t = torch.tensor([int(bool(flag))], device=collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
