@@ -3,6 +3,7 @@ The paper's ablation on the built-in benchmark, with two other remedies for vani
 
     python ablate.py                    # the study: lr selection, then every arm x 3 seeds
     python ablate.py --smoke=True       # a few steps per arm, to check the plumbing (the test does this)
+    python ablate.py config/ablate_paper.py --jobs=2   # two runs at a time, one core each
 
 Every arm starts from the same SFT checkpoint and stops after the same number of generated answers
 (`answers_budget`; augmentation and dynamic sampling generate extra answers, and those count).
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from configurator import choice_problem, configure, writable_dir
 
@@ -53,6 +55,7 @@ lr_grid = {"reg_grpo": (1e-5, 3e-5, 1e-4), "grpo": (1e-5, 3e-5, 1e-4), "rebel": 
 arms = ("sft", "grpo", "reg_grpo", "reg_grpo+aug", "reg_grpo+noise", "reg_grpo+hints",
         "reg_grpo+dynamic", "reg_grpo+replay")
 extra = ""                                # more train.py overrides for every run, space separated
+jobs = 1                                  # train.py runs at once, each with cpu_count // jobs threads (CPU)
 smoke = False                             # tiny budget: checks the driver, not the method
 # -----------------------------------------------------------------------------
 
@@ -77,6 +80,7 @@ def setting_problems(c):
                                                  for a in unknown_arms)),
         (len(c["seeds"]) >= 1 and all(isinstance(s, int) for s in c["seeds"]),
          f"seeds={c['seeds']!r}: need a tuple of one or more integers"),
+        (c["jobs"] >= 1, f"jobs={c['jobs']}: need >= 1"),
         (c["answers_budget"] >= 1, f"answers_budget={c['answers_budget']}: need >= 1"),
         (c["eval_every"] >= 1, f"eval_every={c['eval_every']}: need >= 1"),
         (c["eval_samples"] >= 1, f"eval_samples={c['eval_samples']}: need >= 1"),
@@ -117,7 +121,7 @@ def train(run_dir, settings, seed, val, budget):
     else:
         shutil.rmtree(run_dir, ignore_errors=True)          # an unfinished run is redone from the start
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True, env=run_env())
         if proc.returncode != 0:
             raise SystemExit(f"{run_dir}: train.py failed\n{proc.stderr[-3000:]}")
         summary = json.load(open(os.path.join(run_dir, "summary.json")))
@@ -282,6 +286,14 @@ def plot(runs, path):
     return path
 
 
+def run_env():
+    """The environment of one train.py run: with jobs > 1 the cores are split between the runs (two runs
+    of one thread each finish a tiny-model study sooner than one run of two threads after another)."""
+    if jobs == 1:
+        return None
+    return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+
+
 def ensure_inputs():
     if not os.path.exists(train_data):
         subprocess.run([sys.executable, "data/synthetic/prepare.py"], check=True)
@@ -294,11 +306,11 @@ def ensure_inputs():
 
 
 def main():
-    global eval_samples, eval_every
+    global eval_samples, eval_every, answers_budget
     config = configure(globals(), sys.argv[1:], {}, setting_problems)
-    budget = answers_budget
     if smoke:
-        budget, eval_samples, eval_every = 1, 8, 1          # one step per run
+        answers_budget, eval_samples, eval_every = 1, 8, 1  # one step per run
+    budget = answers_budget
     check_train_settings({**config, "eval_samples": eval_samples, "eval_every": eval_every})
     ensure_inputs()
     os.makedirs(out_dir, exist_ok=True)
@@ -306,19 +318,30 @@ def main():
     chosen, trials = select_learning_rates(budget)
     print(f"learning rates chosen: {chosen}")
     runs = []
-    for seed in seeds:                                        # seed-major: every finished seed is a full pairing
-        for arm in arms:
-            run_dir = os.path.join(out_dir, arm.replace("+", "_"), f"seed{seed}")
-            if arm == "sft":
-                record = sft_record(seed)
-            else:
-                settings = dict(ARM_SETTINGS[arm])
-                lr = chosen[settings["loss"]]
-                summary, log = train(run_dir, {**settings, "learning_rate": lr}, seed, val_data, budget)
-                record = run_record(arm, seed, lr, summary, log)
-            runs.append(record)
-            print(f"  {arm:18s} seed {seed}: final {record['final_accuracy']:.3f}", flush=True)
-        write_results(config, budget, trials, chosen, runs, t0)   # after every seed: a stop loses one seed at most
+    if "sft" in arms:
+        sft_record(seeds[0])                                  # evaluated once, before runs share it
+    pool = ThreadPoolExecutor(max_workers=jobs)               # runs are subprocesses: threads only wait
+    try:
+        pending = {(seed, arm): pool.submit(run_arm, arm, seed, chosen) for seed in seeds for arm in arms}
+        for seed in seeds:                                    # seed-major: every finished seed is a full pairing
+            for arm in arms:
+                record = pending[seed, arm].result()          # a failed run raises here
+                runs.append(record)
+                print(f"  {arm:18s} seed {seed}: final {record['final_accuracy']:.3f}", flush=True)
+            write_results(config, budget, trials, chosen, runs, t0)  # after every seed: a stop loses one seed at most
+    finally:
+        pool.shutdown(cancel_futures=True)                    # after a failure, start no further run
+
+
+def run_arm(arm, seed, chosen):
+    """One arm's record for one seed (SFT: the start's accuracy; else a train.py run)."""
+    if arm == "sft":
+        return sft_record(seed)
+    settings = dict(ARM_SETTINGS[arm])
+    lr = chosen[settings["loss"]]
+    run_dir = os.path.join(out_dir, arm.replace("+", "_"), f"seed{seed}")
+    summary, log = train(run_dir, {**settings, "learning_rate": lr}, seed, val_data, answers_budget)
+    return run_record(arm, seed, lr, summary, log)
 
 
 def write_results(config, budget, trials, chosen, runs, t0):
