@@ -85,6 +85,7 @@ compile = False               # torch.compile each decoder layer (model.compile_
 num_iterations = 2            # update passes per rollout
 micro_batch_groups = 1        # groups per forward/backward
 rows_per_forward = 0          # answers per forward, sorted by length (0: the micro-batch, one forward)
+pack_groups = True            # step: each group's prompt once per forward (train.py's pack_groups); needs rows_per_forward=0
 min_gen_len = 0               # > 0: cut each answer at a length uniform in [min_gen_len, gen_len]
 sampler = "auto"              # rollout.generate_rollout's sampler: fast | hf | auto
 grad_clip = 1.0
@@ -569,7 +570,7 @@ def run_step_phase(weights_dtype, torch_dtype, checkpointing, peak_f):
         for m in (model, ref_model) if ref_model is not None else (model,):
             compile_decoder_layers(m)
     grid = video_grid(config.vision_config, num_frames, frame_size)
-    settings = {k: globals()[k] for k in ("group_size", "num_iterations", "micro_batch_groups", "rows_per_forward",
+    settings = {k: globals()[k] for k in ("group_size", "num_iterations", "micro_batch_groups", "rows_per_forward", "pack_groups",
                                           "device", "dtype", "master_dtype", "beta", "grad_clip", "compile", "seed",
                                           "batch_size", "prompt_len", "num_frames", "frame_size", "gen_len",
                                           "min_gen_len", "learning_rate", "fused_adamw", "warmup", "repeats", "sampler")}

@@ -90,8 +90,8 @@ def forward_tokens(prompt_lens, answer_lens, micro_batch, rows_per_forward):
 
 def configure_train(s):
     """Set the module-level settings that train.policy_update reads from bench's settings `s`."""
-    for key in ("group_size", "num_iterations", "micro_batch_groups", "rows_per_forward", "device", "dtype",
-                "beta", "grad_clip", "compile"):
+    for key in ("group_size", "num_iterations", "micro_batch_groups", "rows_per_forward", "pack_groups", "device",
+                "dtype", "beta", "grad_clip", "compile"):
         setattr(train, key, s[key])
     train.master_dtype = s["master_dtype"] or s["dtype"]
     train.loss, train.temperature, train.distributed = "reg_grpo", 1.0, "ddp"
@@ -133,7 +133,7 @@ def run_step(s, model, ref_model, processor, config, grid, peak_f, counting, har
         with train.autocast():
             times["reference"], mems["reference"], ref = timed_part(*hardware, lambda: reference_logps(
                 rollout, reference, device=s["device"], micro_batch=s["micro_batch_groups"] * s["group_size"],
-                rows_per_forward=s["rows_per_forward"]))
+                rows_per_forward=s["rows_per_forward"], group_size=s["group_size"] if s["pack_groups"] else 0))
         rollout.ref_logps = ref
         rewards = torch.randint(0, 3, (len(rollout.texts),), generator=gen).float()  # random: an untrained model
         advantages = group_advantages(rewards, s["group_size"])

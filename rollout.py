@@ -23,7 +23,7 @@ import transformers
 
 from dataset import format_question
 from difficulty import make_easier_prompt
-from logprobs import length_sorted_logps
+from logprobs import length_sorted_logps, visual_rows
 from model import vision_token_ids
 from sampler import resolve as resolve_sampler, sample
 
@@ -328,8 +328,8 @@ def select_visual(visual, idx):
     out = {}
     for key, value in visual.items():
         if key in ("pixel_values_videos", "pixel_values"):
-            chunks = per_video(value, visual["video_grid_thw" if key == "pixel_values_videos" else "image_grid_thw"])
-            out[key] = torch.cat([chunks[i] for i in idx.tolist()])
+            grid = visual["video_grid_thw" if key == "pixel_values_videos" else "image_grid_thw"]
+            out[key] = visual_rows(value, grid, idx)
         else:
             out[key] = value[idx]
     return out
@@ -442,15 +442,18 @@ def completion_mask_until(completion, end_id):
 
 
 @torch.no_grad()
-def reference_logps(rollout, reference, temperature=1.0, device="cpu", micro_batch=16, rows_per_forward=0):
+def reference_logps(rollout, reference, temperature=1.0, device="cpu", micro_batch=16, rows_per_forward=0,
+                    group_size=0):
     """(N, T) log-probs of the sampled completions under the frozen reference policy.
 
-    micro_batch answers are moved to the device at a time; inside them, rows_per_forward > 0 sorts the
+    About micro_batch answers (whole groups when group_size > 1) are moved to the device at a time;
+    inside them, group_size > 1 packs each group's prompt once, or rows_per_forward > 0 sorts the
     answers by length into forwards of that many rows (logprobs.length_sorted_logps).
     """
+    size = max(1, micro_batch // group_size) * group_size if group_size > 1 else micro_batch
     parts = [length_sorted_logps(reference, to_device(rollout.select(rows).logp_batch(), device),
-                                 rows_per_forward, temperature=temperature).cpu()
-             for rows in micro_batches(len(rollout.texts), micro_batch)]
+                                 rows_per_forward, group_size, temperature=temperature).cpu()
+             for rows in micro_batches(len(rollout.texts), size)]
     return torch.cat(parts)
 
 

@@ -107,8 +107,10 @@ distributed = "ddp"           # ddp | fsdp (torchrun only)
 freeze_vision = True          # the paper trains only the language model
 gradient_checkpointing = False
 compile = False               # torch.compile the decoder layers (policy, reference) for the log-prob passes
+pack_groups = True            # each group's prompt (video included) runs once per forward, its G answers after it,
+                              # each seeing the prompt and itself (logprobs.group_packed_logps); False: G copies
 rows_per_forward = 0          # answers per forward, sorted by length, each forward trimmed to its longest
-                              # (0: a micro-batch is one forward, trimmed to its longest answer)
+                              # (0: a micro-batch is one forward, trimmed to its longest answer); needs pack_groups=False
 # -----------------------------------------------------------------------------
 EMBEDDED_DATA, EMBEDDED_SFT = "data/synthetic/train.jsonl", "out/tiny-sft"
 EMBEDDED_SFT_DATA = "data/synthetic/sft.jsonl"   # the warm start's demonstrations, written beside train.jsonl
@@ -156,6 +158,10 @@ def setting_problems(c):
         (c["grad_clip"] > 0, f"grad_clip={c['grad_clip']}: need > 0"),
         (device_ok(c["device"]), f"device={c['device']!r}: expected cpu, or cuda / cuda:N with a GPU "
                                  "that torch sees"),
+        (not (c["pack_groups"] and c["rows_per_forward"]), f"rows_per_forward={c['rows_per_forward']} sorts the "
+                                                           "answers of a group apart: set --pack_groups=False with it"),
+        (not (c["pack_groups"] and c["attn_implementation"] == "flash_attention_2"),
+         "pack_groups needs a 4D attention mask, which flash_attention_2 does not take: use sdpa, or --pack_groups=False"),
     ]
 
 
@@ -381,8 +387,9 @@ def policy_update(model, optimizer, rollout, advantages, params, world_size):
     ratio is therefore rho = log pi_theta - log pi_old = 0 for every answer (in value; its gradient is
     that of log pi_theta): pass 1 of Reg-GRPO is the rho = 0 case. Passes 2.. see the moved policy.
     The reference log-probs (KL term) come with the rollout, computed once by reference_logps.
-    A micro-batch holds whole groups (the loss normalises within a group); inside it the answers go
-    through `rows_per_forward`-row forwards sorted by length (logprobs.length_sorted_logps).
+    A micro-batch holds whole groups (the loss normalises within a group); inside it each group's prompt
+    runs once with its G answers packed after it (pack_groups), or the answers go through
+    `rows_per_forward`-row forwards sorted by length (logprobs.length_sorted_logps).
     """
     G = group_size
     n = len(rollout.texts)
@@ -397,7 +404,8 @@ def policy_update(model, optimizer, rollout, advantages, params, world_size):
             batch = to_device(part.logp_batch(), device)
             with gradient_sync(model, last, world_size):
                 with autocast():
-                    logps = length_sorted_logps(model, batch, rows_per_forward, temperature=temperature)  # (n_c, T)
+                    logps = length_sorted_logps(model, batch, rows_per_forward, G if pack_groups else 0,
+                                                temperature=temperature)                          # (n_c, T)
                 if old[c] is None:                       # pass 1: pi_old is this pass's own log-probs
                     old[c] = logps.detach()
                 mask = batch["completion_mask"]
@@ -557,7 +565,8 @@ def main():
         if beta > 0:
             with autocast():
                 rollout.ref_logps = reference_logps(rollout, reference, temperature=temperature, device=device,
-                                                    rows_per_forward=rows_per_forward)
+                                                    rows_per_forward=rows_per_forward,
+                                                    group_size=group_size if pack_groups else 0)
         t_ref = time.time() - t_ref
         advantages = group_advantages(rollout.rewards, group_size, eps=adv_eps)
         t_update = time.time()

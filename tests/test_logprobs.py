@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import model as M
-from logprobs import completion_logps, length_sorted_logps, select_rows, trim_padding
+from logprobs import completion_logps, group_packed_logps, length_sorted_logps, select_rows, trim_padding
 from rollout import repeat_batch
 from test_model import QUESTIONS, policy, prompt, prompt_batch, text_ids, tiny_dir, videos, with_completions  # noqa: F401
 
@@ -172,6 +172,48 @@ def test_length_sorted_forwards_equal_the_padded_one_float64(tiny_dir, rows_per_
     sorted_ = values_and_grads(model, lambda: length_sorted_logps(model, batch, rows_per_forward), weights)
     assert_same(sorted_, padded, atol=1e-9)
     assert padded[0].shape == sorted_[0].shape == batch["completion_mask"].shape
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_packed_groups_equal_the_padded_forward_float64(tiny_dir, temperature):
+    """Each group's prompt once, its answers after it under a block mask: the same log-probs (float64
+    model; the log-softmax runs in float32, hence 1e-6) and the same gradient of every parameter. Two
+    prompts of different lengths (left padding), answers of 1 to 15 tokens."""
+    model, processor = float64_policy(tiny_dir)
+    batch = mixed_length_batch(processor)
+    weights = torch.randn(batch["completion_mask"].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    padded = values_and_grads(model, lambda: completion_logps(model, batch, temperature=temperature), weights)
+    packed = values_and_grads(model, lambda: group_packed_logps(model, batch, 3, temperature=temperature), weights)
+    assert packed[0].shape == batch["completion_mask"].shape
+    assert_same(packed, padded, atol=1e-6)
+    via_sorted = length_sorted_logps(model, batch, 0, 3, temperature=temperature).detach()
+    torch.testing.assert_close(via_sorted, padded[0], atol=1e-6, rtol=0)
+    assert padded[1]["model.language_model.embed_tokens.weight"].abs().max() > 1e-3
+
+
+def test_packed_groups_match_unpadded_sequences(policy):
+    """Against the plain forward of each answer alone (no padding, no mask), float32 model."""
+    model, processor = policy
+    batch = mixed_length_batch(processor)
+    packed = group_packed_logps(model, batch, 3)
+    vids = videos(2, seed=8)
+    mask = batch["completion_mask"]
+    for n in range(6):
+        T_n = int(mask[n].sum())
+        completion = batch["input_ids"][n, -mask.shape[1]:][:T_n].tolist()
+        want = naive_logps(model, processor, QUESTIONS[n // 3], vids[n // 3], completion)
+        torch.testing.assert_close(packed[n, :T_n].double(), want, atol=2e-5, rtol=0)
+        assert torch.all(packed[n, T_n:] == 0)
+
+
+def test_packed_groups_refuse_rows_that_are_not_groups(policy):
+    model, processor = policy
+    batch = mixed_length_batch(processor)
+    with pytest.raises(ValueError, match="not whole groups of 4"):
+        group_packed_logps(model, batch, 4)
+    swapped = select_rows(batch, torch.tensor([0, 3, 1, 2, 4, 5]))            # a row of prompt 2 in group 1
+    with pytest.raises(ValueError, match="must share one prompt"):
+        group_packed_logps(model, swapped, 3)
 
 
 def test_trim_padding_and_select_rows():
