@@ -11,7 +11,7 @@ Random-weights mode (bench.py's models and prompts): every answer decodes exactl
   prefill   fast: one transformers forward over the B distinct prompts; hf: generate(max_new_tokens=1)
             over the B * G repeated prompts (what generate does)
   decode    whole rollout - prefill, per token step (ms), and the bandwidth it reaches: bytes of the
-            LM weights + KV cache read per step (bench.decode_bytes) / time, against the peak
+            LM weights + KV cache read per step (flops.decode_bytes) / time, against the peak
   rollout   the whole call; first_call_s - rollout_s is the fast sampler's compile + CUDA graph
             capture (CUDA), reported apart from the steady state.
 --init_from=DIR: generate_rollout itself (prompt encoding, sampling, scoring) on the first batch_size
@@ -25,6 +25,7 @@ import time
 import torch
 
 import bench
+import flops
 import sampler
 from configurator import configure
 
@@ -88,7 +89,7 @@ def random_weights_rows():
     torch_dtype = getattr(torch, dtype)
     model, config, suppress = bench.build_model(size, device, torch_dtype, "sdpa")
     model.eval()
-    grid = bench.video_grid(config.vision_config, num_frames, frame_size)
+    grid = flops.video_grid(config.vision_config, num_frames, frame_size)
     banned = sorted(set(suppress) | {config.text_config.bos_token_id, config.text_config.eos_token_id})
     prompt = bench.random_prompts(model, config, batch_size, grid, prompt_len, torch_dtype, banned, gen)
     prompt = {k: v.to(device) for k, v in prompt.items()}
@@ -96,7 +97,7 @@ def random_weights_rows():
     pad = config.text_config.pad_token_id
     N, P = repeated["input_ids"].shape
     peak_bw = peak_bandwidth_gbs or (3000.0 if device.startswith("cuda") else bench.measure_cpu_peaks(torch_dtype)[1])
-    step_bytes = bench.decode_bytes(config, N, P, gen_len, torch.finfo(torch_dtype).bits // 8) / (gen_len - 1)
+    step_bytes = flops.decode_bytes(config, N, P, gen_len, torch.finfo(torch_dtype).bits // 8) / (gen_len - 1)
 
     def run(name, new_tokens):
         if name == "fast":

@@ -87,7 +87,8 @@ def trl_child(out_dir):
     from trl import GRPOConfig, GRPOTrainer
 
     from dataset import format_question, read_records_or_exit
-    from rollout import SYSTEM_PROMPT, format_reward
+    from rewards import format_reward
+    from rollout import SYSTEM_PROMPT
 
     records = read_records_or_exit(train_data)
     data = Dataset.from_list([{"prompt": [{"role": "system", "content": SYSTEM_PROMPT},

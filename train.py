@@ -29,6 +29,8 @@ from tqdm import tqdm
 from checkpoint import export_model, load_run_state, load_states, rng_state, save_checkpoint, set_rng_state, unwrap
 from configurator import DTYPES, configure, device_ok, writable_dir
 from dataset import VideoError, load_samples, read_records_or_exit, read_sample
+from distributed import (all_gather_floats, all_gather_objects_or_self, any_rank, check_ranks_in_sync, gradient_sync,
+                         leave_process_group, mean_over_ranks, means_over_ranks, setup_distributed, shard, wrap_policy)
 from difficulty import (DEFAULT_MARGIN, HintTraces, RewardBuffer, answer_piece, group_mean_rewards,
                         plan_groups, redo_groups, wants_trace, zero_advantage_ratio)
 from eval import evaluate
@@ -182,44 +184,6 @@ def lr_at(step):
     return learning_rate * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-# ----------------------------------------------------------------------------- distributed
-
-def setup_distributed():
-    """(rank, local_rank, world_size); initialises the process group under torchrun."""
-    if "RANK" not in os.environ:
-        return 0, 0, 1
-    backend = "nccl" if torch.cuda.is_available() and device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend)
-    return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
-
-
-def wrap_policy(policy, device_str, world_size):
-    """DDP, or FSDP2 (`fully_shard` each decoder layer, then the root), or the bare model."""
-    if world_size == 1:
-        return policy
-    if distributed == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-        return DistributedDataParallel(policy, device_ids=[torch.device(device_str).index]
-                                       if device_str.startswith("cuda") else None)
-    if distributed == "fsdp":
-        return shard(policy)
-    raise SystemExit(f"distributed must be 'ddp' or 'fsdp', got {distributed!r}")
-
-
-def shard(model):
-    """FSDP2: each decoder layer is one all-gather unit, the rest (embeddings, vision, head) the root.
-
-    Parameters stay in `master_dtype` and are gathered in the compute `dtype`; gradients are reduced
-    in float32.
-    """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mp = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
-    for layer in decoder_layers(model):
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-    return model
-
-
 def autocast():
     """Compute in `dtype` while the weights stay in `master_dtype` (FSDP2 does this on its own)."""
     if dtype == master_dtype or (distributed == "fsdp" and dist.is_initialized()):
@@ -227,39 +191,8 @@ def autocast():
     return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
 
 
-def decoder_layers(policy):
-    return policy.model.language_model.layers
-
-
-def all_gather_floats(values):
-    """Concatenate a list of floats from every rank (same order on all ranks)."""
-    return [v for part in all_gather_objects_or_self(list(values)) for v in part]
-
-
-def means_over_ranks(values):
-    """{key: mean over ranks} of a dict of floats with the same keys on every rank (one all-reduce)."""
-    if not dist.is_initialized():
-        return values
-    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=collective_device())
-    dist.all_reduce(t)
-    return dict(zip(values, (t / dist.get_world_size()).tolist()))
-
-
 def mean_or_none(values):
     return sum(values) / len(values) if values else None
-
-
-def collective_device():
-    """Where a tensor for a collective must live: the GPU under nccl, the CPU under gloo."""
-    return device if dist.get_backend() == "nccl" else "cpu"
-
-
-def mean_over_ranks(value):
-    if not dist.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=collective_device())
-    dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
 
 
 # ----------------------------------------------------------------------------- data
@@ -370,15 +303,6 @@ def group_rows(i):
     return list(range(i * group_size, (i + 1) * group_size))
 
 
-def any_rank(flag):
-    """True if `flag` is true on any rank (keeps the ranks' generate calls in step under FSDP2)."""
-    if not dist.is_initialized():
-        return bool(flag)
-    t = torch.tensor([int(bool(flag))], device=collective_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def policy_update(model, optimizer, rollout, advantages, params, world_size):
     """`num_iterations` passes over the rollout, each one optimizer step over all its groups.
 
@@ -430,22 +354,12 @@ def policy_update(model, optimizer, rollout, advantages, params, world_size):
     return stats_sum
 
 
-def gradient_sync(model, last, world_size):
-    """Reduce gradients across ranks only on the last micro-batch of a pass."""
-    if world_size == 1:
-        return nullcontext()
-    if hasattr(model, "no_sync"):                                   # DDP
-        return nullcontext() if last else model.no_sync()
-    model.set_requires_gradient_sync(last)                          # FSDP2
-    return nullcontext()
-
-
 # ----------------------------------------------------------------------------- main
 
 def main():
     global device
     config = configure(globals(), sys.argv[1:], CHOICES, lambda c: setting_problems(c) + path_problems(c))
-    rank, local_rank, world_size = setup_distributed()
+    rank, local_rank, world_size = setup_distributed(device)
     if device.startswith("cuda") and world_size > 1:
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
@@ -488,8 +402,8 @@ def main():
         if compile:
             compile_decoder_layers(reference)
         if distributed == "fsdp" and world_size > 1:
-            reference = shard(reference)
-    model = wrap_policy(policy, device, world_size)
+            reference = shard(reference, dtype)
+    model = wrap_policy(policy, device, world_size, distributed, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay,
                                   fused=torch.device(device).type == "cuda")  # one kernel, not a per-tensor loop
@@ -628,40 +542,8 @@ def main():
     if wandb:
         wandb.finish()
     if dist.is_initialized():
-        check_ranks_in_sync(model)
+        check_ranks_in_sync(model, sharded)
         leave_process_group()
-
-
-def leave_process_group():
-    """Wait for every rank, destroy the process group, and end the process here.
-
-    gloo's worker threads (pt_gloo_runloop, gloo_tcp_loop) are still running after destroy_process_group
-    and a gc (DDP and FSDP2 alike; under FSDP2 DTensor's sharding caches keep the DeviceMesh that holds
-    the group), so the interpreter's finalisation and exit() tear them down, in no fixed order with the
-    objects they use. The abort "terminate called without an active exception" after a finished run
-    happened there. Every file is closed by now: the process ends at once, exit code 0.
-    """
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def check_ranks_in_sync(model):
-    """Every rank must end with the same parameters; a silent divergence would waste a whole run."""
-    if distributed == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-    else:
-        state = unwrap(model).state_dict()
-    fingerprint = sum(float(v.double().pow(2).sum() + v.double().sum()) for v in state.values())
-    prints = [None] * dist.get_world_size()
-    dist.all_gather_object(prints, fingerprint)
-    if len(set(prints)) != 1:
-        raise RuntimeError(f"ranks diverged: parameter fingerprints {prints}")
-    if dist.get_rank() == 0:
-        print(f"ranks in sync: parameter fingerprint {fingerprint:.10e} on all {len(prints)} ranks")
 
 
 def peak_memory_gb():
@@ -670,14 +552,6 @@ def peak_memory_gb():
         return torch.cuda.max_memory_allocated() / 2**30
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def all_gather_objects_or_self(obj):
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 if __name__ == "__main__":

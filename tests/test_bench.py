@@ -1,4 +1,4 @@
-"""bench.py: FLOP / byte / parameter counts against hand values and brute force, the memory plan's
+"""flops.py and bench.py: FLOP / byte / parameter counts against hand values and brute force, the memory plan's
 arithmetic, and the tiny CPU run printing its table. No timing assertions."""
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-import bench
+import flops
 from model import build_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,8 +34,8 @@ def brute_force(model):
 def test_param_counts_hand_and_brute_force():
     cfg = small_config()
     # q 8x8, k 8x8, v 8x8, o 8x8, gate/up/down 8x16: 64 + 128 + 64 + 384
-    assert bench.lm_layer_matmul_params(cfg.text_config) == 640
-    counts = bench.param_counts(cfg)
+    assert flops.lm_layer_matmul_params(cfg.text_config) == 640
+    counts = flops.param_counts(cfg)
     # layer: 640 + q/k/v biases 24 + two norms 16 = 680; two layers + final norm 8
     # vision: patch embed 3*2*2*2*4 = 96, block 136 + biases 32 + norms 8 = 176 (x2), merger ln 4,
     # mlp 16*16+16 and 16*8+8
@@ -43,16 +43,16 @@ def test_param_counts_hand_and_brute_force():
     torch.manual_seed(0)
     assert brute_force(Qwen2_5_VLForConditionalGeneration(cfg)) == counts["total"]
     tiny, _ = build_tiny()
-    assert brute_force(tiny) == bench.param_counts(tiny.config)["total"]
-    assert brute_force(tiny.model.visual) == bench.param_counts(tiny.config)["vision"]
+    assert brute_force(tiny) == flops.param_counts(tiny.config)["total"]
+    assert brute_force(tiny.model.visual) == flops.param_counts(tiny.config)["vision"]
 
 
 @pytest.mark.parametrize("size,published", [("3b", 3.75e9), ("7b", 8.29e9)])
 def test_published_sizes_on_meta_device(size, published):
-    cfg = bench.qwen25vl_config(size)
+    cfg = flops.qwen25vl_config(size)
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(cfg)
-    counts = bench.param_counts(cfg)
+    counts = flops.param_counts(cfg)
     assert brute_force(model) == counts["total"]
     assert abs(counts["total"] - published) / published < 0.005
     assert (counts["lm_head"] == 0) == (size == "3b")  # 3B ties lm_head to the embedding
@@ -61,60 +61,60 @@ def test_published_sizes_on_meta_device(size, published):
 def test_lm_flops_hand_values():
     cfg = small_config()
     # 3 tokens: 2 layers * 2*640*3 matmuls + 4 * 2 layers * 8 * (1+2+3) causal pairs + one logit 2*8*10
-    assert bench.lm_forward_flops(cfg, 3, 1) == 7680 + 384 + 160
+    assert flops.lm_forward_flops(cfg, 3, 1) == 7680 + 384 + 160
     # one token after 2 cached: sees 3 keys
-    assert bench.lm_forward_flops(cfg, 1, 1, past=2) == 2560 + 4 * 2 * 8 * 3 + 160
+    assert flops.lm_forward_flops(cfg, 1, 1, past=2) == 2560 + 4 * 2 * 8 * 3 + 160
     # prefill of P then decode steps = one forward over P+T (logits aside): the attention pairs add up
-    assert (bench.lm_forward_flops(cfg, 5, 0) + sum(bench.lm_forward_flops(cfg, 1, 0, past=p) for p in range(5, 9))
-            == bench.lm_forward_flops(cfg, 9, 0))
+    assert (flops.lm_forward_flops(cfg, 5, 0) + sum(flops.lm_forward_flops(cfg, 1, 0, past=p) for p in range(5, 9))
+            == flops.lm_forward_flops(cfg, 9, 0))
 
 
 def test_vision_flops_hand_values():
     cfg = small_config()
     # grid t=2, h=6, w=4 patches: 48 patches, 12 merged; merged grid 3x2 in windows of 2x2 merged
     # -> windows of 16 and 8 patches per frame; full attention over 24 patches per frame
-    windows, frames = bench.vision_windows(cfg.vision_config, 2, 6, 4)
+    windows, frames = flops.vision_windows(cfg.vision_config, 2, 6, 4)
     assert sorted(windows) == [8, 8, 16, 16] and frames == [24, 24]
     matmul = 2 * (96 + 2 * 136) * 48 + 2 * (16 * 16 + 16 * 8) * 12
     attn = 4 * 4 * (1 * 2 * 24 ** 2 + 1 * 2 * (16 ** 2 + 8 ** 2))  # one full layer, one window layer
-    assert bench.vision_forward_flops(cfg, [(2, 6, 4)]) == matmul + attn == 73216
+    assert flops.vision_forward_flops(cfg, [(2, 6, 4)]) == matmul + attn == 73216
 
 
 @pytest.mark.parametrize("grid", [(8, 18, 18), (2, 8, 12), (1, 10, 6)])
 def test_vision_windows_match_transformers(grid):
     from transformers.vision_utils import get_vision_window_index
-    v = bench.qwen25vl_config("7b").vision_config
+    v = flops.qwen25vl_config("7b").vision_config
     _, cu = get_vision_window_index(torch.tensor([grid]), v.spatial_merge_size, v.window_size, v.patch_size)
     lengths = (cu[1:] - cu[:-1]).tolist()
     theirs = sorted(n for n in lengths if n > 0)  # in patches; empty padding windows dropped
-    assert sorted(bench.vision_windows(v, *grid)[0]) == theirs
+    assert sorted(flops.vision_windows(v, *grid)[0]) == theirs
 
 
 def test_video_tokens_of_16_frames_252():
-    v = bench.qwen25vl_config("7b").vision_config
-    assert bench.video_grid(v, 16, 252) == (8, 18, 18)  # 8 * 9 * 9 = 648 video tokens
+    v = flops.qwen25vl_config("7b").vision_config
+    assert flops.video_grid(v, 16, 252) == (8, 18, 18)  # 8 * 9 * 9 = 648 video tokens
     with pytest.raises(SystemExit, match="multiple of 28"):
-        bench.video_grid(v, 16, 250)
+        flops.video_grid(v, 16, 250)
 
 
 def test_phase_flops_and_decode_bytes():
     cfg = small_config()
-    f = bench.phase_flops(cfg, 2, 3, 3, (2, 6, 4))
+    f = flops.phase_flops(cfg, 2, 3, 3, (2, 6, 4))
     vis = 2 * 73216
-    lm = 2 * bench.lm_forward_flops(cfg, 6, 3)
+    lm = 2 * flops.lm_forward_flops(cfg, 6, 3)
     assert f["logprob"] == lm + vis and f["train"] == 3 * lm + vis
     assert f["train_hardware_with_recompute"] == f["train"] + lm - 2 * 2 * 8 * 10 * 3  # lm_head not recomputed
     assert f["generate"] == f["prefill"] + f["decode"]
-    shared = bench.phase_flops(cfg, 2, 3, 3, (2, 6, 4), n_videos=1)  # both answers share one video
+    shared = flops.phase_flops(cfg, 2, 3, 3, (2, 6, 4), n_videos=1)  # both answers share one video
     assert shared["vision"] == 73216 and shared["train"] == f["train"] - 73216
     # weights (1368 + lm_head 80) * 2 bytes per step, KV 2*2 layers*1 head*8*2 bytes = 64 per token per
     # answer; two decode steps see 4 and 5 cached tokens
-    assert bench.decode_bytes(cfg, 2, 3, 3, 2) == 2 * 2896 + 2 * 64 * (4 + 5)
+    assert flops.decode_bytes(cfg, 2, 3, 3, 2) == 2 * 2896 + 2 * 64 * (4 + 5)
 
 
 def test_memory_plan_sums_and_sharding():
-    cfg = bench.qwen25vl_config("7b")
-    p8, p2 = bench.memory_plan(cfg, 8), bench.memory_plan(cfg, 2)
+    cfg = flops.qwen25vl_config("7b")
+    p8, p2 = flops.memory_plan(cfg, 8), flops.memory_plan(cfg, 2)
     for p in (p8, p2):
         assert p["update"] == pytest.approx(sum(u for u, _ in p["parts"].values()))
         assert p["rollout"] == pytest.approx(sum(r for _, r in p["parts"].values()))
@@ -123,14 +123,14 @@ def test_memory_plan_sums_and_sharding():
     for name, (u, r) in p8["parts"].items():
         scale = 4 if name in p8["sharded"] else 1
         assert p2["parts"][name][0] == pytest.approx(scale * u) and p2["parts"][name][1] == pytest.approx(scale * r)
-    counts = bench.param_counts(cfg)
+    counts = flops.param_counts(cfg)
     trainable = counts["total"] - counts["vision"]
     # fp32 master: 4 (params) + 4 (grads) + 8 (AdamW) bytes per trainable param over 8 GPUs
     sharded = sum(p8["parts"][k][0] for k in p8["sharded"] if "reference" not in k)
     assert sharded == pytest.approx((4 * counts["total"] + 12 * trainable) / 8)
-    rep = bench.memory_plan(cfg, 8, reference="replicated")
+    rep = flops.memory_plan(cfg, 8, reference="replicated")
     assert rep["update"] - p8["update"] == pytest.approx(2 * counts["total"] * (1 - 1 / 8))
-    assert bench.memory_plan(cfg, 8, reference="none")["update"] < p8["update"]
+    assert flops.memory_plan(cfg, 8, reference="none")["update"] < p8["update"]
 
 
 def test_tiny_bench_prints_table(tmp_path):
@@ -164,9 +164,9 @@ def test_lm_flops_match_torch_flop_counter(seq_len):
     with FlopCounterMode(display=False) as counter:
         model(input_ids=ids, logits_to_keep=1)
     text = cfg.text_config
-    attention = 4 * text.num_hidden_layers * text.num_attention_heads * bench.head_dim(text)
-    causal, full = bench.causal_pairs(0, seq_len), seq_len * seq_len
-    ours = bench.lm_forward_flops(cfg, seq_len, 1)
+    attention = 4 * text.num_hidden_layers * text.num_attention_heads * flops.head_dim(text)
+    causal, full = flops.causal_pairs(0, seq_len), seq_len * seq_len
+    ours = flops.lm_forward_flops(cfg, seq_len, 1)
     assert counter.get_total_flops() == ours - attention * causal + attention * full
 
 
@@ -178,7 +178,7 @@ def test_vision_flops_match_torch_flop_counter():
     pixels = torch.randn(sum(t * h * w for t, h, w in grids), 3 * 2 * 2 * 2)
     with FlopCounterMode(display=False) as counter:
         model.model.visual(pixels, grid_thw=torch.tensor(grids))
-    assert counter.get_total_flops() == bench.vision_forward_flops(cfg, grids)
+    assert counter.get_total_flops() == flops.vision_forward_flops(cfg, grids)
 
 
 def test_bench_phases_option(tmp_path):

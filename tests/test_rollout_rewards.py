@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from configurator import configure
-from rollout import (STILL_SECONDS, accuracy_reward, completion_mask_until, edit_distance, extract_answer,
-                     format_reward, lcs_length, option_letter, repeat_batch, rouge_reward, seconds_per_patch,
-                     select_visual, wer_reward, whole_seconds)
+from rewards import (accuracy_reward, edit_distance, extract_answer, format_reward, lcs_length, option_letter,
+                     rouge_reward, wer_reward)
+from rollout import STILL_SECONDS, completion_mask_until, repeat_batch, seconds_per_patch, select_visual, whole_seconds
 
 MC = {"problem_type": "multiple_choice", "answer": "B", "options": ["l", "r", "u", "d"]}
 
