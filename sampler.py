@@ -48,9 +48,9 @@ import torch.nn.functional as F
 def resolve(name, device):
     """'auto' -> 'fast' on every device; 'fast' | 'hf' as given.
 
-    CPU, embedded default (8 prompts x G = 8, 8 frames of 112 px, 48 new tokens; bench_sampler.py,
+    CPU, embedded default (8 prompts x G = 8, 8 frames of 112 px, 48 new tokens; scripts/bench_sampler.py,
     2026-11-26, a loaded 2-core machine): whole rollout 3.1 s fast vs 8.5 s hf with a briefly trained
-    policy, 3.7 s vs 15.5 s with random weights at full length. CUDA: see bench_sampler.py.
+    policy, 3.7 s vs 15.5 s with random weights at full length. CUDA: see scripts/bench_sampler.py.
     """
     if name not in ("auto", "fast", "hf"):
         raise ValueError(f"sampler: expected auto | fast | hf, got {name!r}")

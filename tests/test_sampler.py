@@ -183,7 +183,7 @@ def test_resolve_names_the_setting():
 
 
 def test_bench_sampler_times_both_samplers(monkeypatch):
-    import bench_sampler
+    import scripts.bench_sampler as bench_sampler
     small = dict(batch_size=1, group_size=2, num_frames=4, frame_size=56, prompt_len=8, gen_len=4, repeats=1,
                  peak_bandwidth_gbs=10.0)
     for key, value in small.items():

@@ -2,8 +2,8 @@
 Time and host memory of one checkpoint save under torchrun, sharded (torch.distributed.checkpoint, each
 rank writes its shards) against the full-state save (everything gathered to rank 0, one torch.save):
 
-    torchrun --nproc_per_node=2 bench_checkpoint.py --init_from=out/tiny-sft --how=sharded
-    torchrun --nproc_per_node=2 bench_checkpoint.py --init_from=out/tiny-sft --how=full
+    torchrun --nproc_per_node=2 scripts/bench_checkpoint.py --init_from=out/tiny-sft --how=sharded
+    torchrun --nproc_per_node=2 scripts/bench_checkpoint.py --init_from=out/tiny-sft --how=full
 
 Run each `how` in its own launch: the peak resident memory of a process only grows, so the figure
 printed is this save's addition over the process's peak before it (per rank).
@@ -17,6 +17,7 @@ import time
 import torch
 import torch.distributed as dist
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
 from checkpoint import save_checkpoint
 from configurator import configure
 from model import load_policy

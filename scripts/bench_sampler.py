@@ -1,9 +1,9 @@
 """
 Time our decode loop (sampler.py, "fast") against transformers' generate ("hf") side by side, one run.
 
-    python bench_sampler.py                                  # tiny random model on CPU, embedded-default shapes
-    python bench_sampler.py --init_from=out/tiny-sft         # the embedded default's real rollout (answers end)
-    python bench_sampler.py --size=3b --device=cuda --dtype=bfloat16 --batch_size=8 --group_size=8 \
+    python scripts/bench_sampler.py                                  # tiny random model on CPU, embedded-default shapes
+    python scripts/bench_sampler.py --init_from=out/tiny-sft         # the embedded default's real rollout (answers end)
+    python scripts/bench_sampler.py --size=3b --device=cuda --dtype=bfloat16 --batch_size=8 --group_size=8 \
         --num_frames=16 --frame_size=252 --prompt_len=200 --gen_len=768 --json=out/bench_sampler_3b.json
 
 Random-weights mode (bench.py's models and prompts): every answer decodes exactly gen_len tokens
@@ -24,6 +24,7 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
 import bench
 import flops
 import sampler

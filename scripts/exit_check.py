@@ -2,8 +2,8 @@
 Does a 2-rank torchrun of train.py exit cleanly every time? Runs the tiny FSDP2 and DDP runs over and
 over while busy processes load the CPU, and counts exit codes and "terminate called" aborts.
 
-    python exit_check.py --repeats=30 --load=2
-    python exit_check.py --init_from=out/tiny-sft --train_data=... --val_data=...   # an existing tiny set
+    python scripts/exit_check.py --repeats=30 --load=2
+    python scripts/exit_check.py --init_from=out/tiny-sft --train_data=... --val_data=...   # an existing tiny set
 
 Without --init_from it makes a small synthetic set and a short SFT warm start in out_dir first.
 """
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
 from configurator import configure
 
 # -----------------------------------------------------------------------------

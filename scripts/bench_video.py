@@ -2,8 +2,8 @@
 Time read_video on a long clip against a short one (PyAV, CPU): the reader seeks, so its cost should
 grow with the frames asked for, not with the clip's length.
 
-    python bench_video.py                         # 10-minute 720p clip, made once in /tmp/video_bench
-    python bench_video.py --minutes=2 --repeats=3
+    python scripts/bench_video.py                         # 10-minute 720p clip, made once in /tmp/video_bench
+    python scripts/bench_video.py --minutes=2 --repeats=3
 
 The clips are H.264 at 25 fps with x264's default keyframe interval (250 frames, 10 s): moving bars
 and a counter bar, every frame different; the long one is a 20 s piece copied end to end. Times are
@@ -16,6 +16,7 @@ import time
 import av
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
 from configurator import configure
 from video import read_video
 

@@ -1,12 +1,12 @@
 """
 Seconds per RL step: our train.py against TRL's GRPOTrainer on the same model folder, side by side.
 
-    python bench_trl.py                                   # out/tiny-sft, 3 rounds of 10 steps each
-    python bench_trl.py --model=out/tiny-sft --rounds=5 --steps=20 --variants=matched
+    python scripts/bench_trl.py                                   # out/tiny-sft, 3 rounds of 10 steps each
+    python scripts/bench_trl.py --model=out/tiny-sft --rounds=5 --steps=20 --variants=matched
 
 TRL is not a dependency of this project: run this from an environment that has both, e.g.
     python3 -m venv /tmp/trlvenv && /tmp/trlvenv/bin/pip install -r requirements.txt trl
-    /tmp/trlvenv/bin/python bench_trl.py
+    /tmp/trlvenv/bin/python scripts/bench_trl.py
 
 Each round runs TRL for `steps` steps, then each of our variants for `steps` steps, every run in its
 own process (same imports, same threads); the first step of every run is dropped (warm-up) and the
@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
 from configurator import configure
 
 # -----------------------------------------------------------------------------
