@@ -116,8 +116,20 @@ def device_ok(device):
     return torch.cuda.is_available()
 
 
+def video_problems(c):
+    """The rules every script that reads videos shares: frames, pixels, rate, device (as setting_problems
+    pairs)."""
+    return [
+        (c["num_frames"] >= 1, f"num_frames={c['num_frames']}: need >= 1"),
+        (c["max_pixels"] >= 28 * 28, f"max_pixels={c['max_pixels']}: need >= 784 (one 28x28 cell)"),
+        (c["fps"] is None or c["fps"] > 0, f"fps={c['fps']}: need > 0, or None (spread over the clip)"),
+        (device_ok(c["device"]), f"device={c['device']!r}: expected cpu, or cuda / cuda:N with a GPU that torch sees"),
+    ]
+
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 if __name__ == "__main__":
     print(configure({"lr": 1e-3}, sys.argv[1:]))
+

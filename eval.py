@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import torch
 
-from configurator import DTYPES, configure, device_ok, writable_dir
+from configurator import DTYPES, configure, video_problems, writable_dir
 from dataset import load_samples, read_records_or_exit
 from model import max_positions
 from rollout import drop_long_prompts, generate_rollout
@@ -42,17 +42,12 @@ CHOICES = {"dtype": DTYPES, "sampler": ("auto", "fast", "hf")}
 
 def setting_problems(c):
     """Ranges, as (holds, message); the model and the output folder checked before loading."""
-    return [
+    return video_problems(c) + [
         (c["max_samples"] >= 0, f"max_samples={c['max_samples']}: need >= 0 (0: all)"),
         (c["samples_per_question"] >= 1, f"samples_per_question={c['samples_per_question']}: need >= 1"),
         (c["temperature"] > 0, f"temperature={c['temperature']}: need > 0"),
         (c["batch_size"] >= 1, f"batch_size={c['batch_size']}: need >= 1"),
         (c["max_new_tokens"] >= 1, f"max_new_tokens={c['max_new_tokens']}: need >= 1"),
-        (c["num_frames"] >= 1, f"num_frames={c['num_frames']}: need >= 1"),
-        (c["max_pixels"] >= 28 * 28, f"max_pixels={c['max_pixels']}: need >= 784 (one 28x28 cell)"),
-        (c["fps"] is None or c["fps"] > 0, f"fps={c['fps']}: need > 0, or None (spread over the clip)"),
-        (device_ok(c["device"]), f"device={c['device']!r}: expected cpu, or cuda / cuda:N with a GPU "
-                                 "that torch sees"),
         (not model_problem(c["model"]), f"model: {model_problem(c['model'])}"),
         (writable_dir(os.path.dirname(output_path(c)) or "."),
          f"out_file={output_path(c)!r}: cannot create or write to its folder"),

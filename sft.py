@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from configurator import DTYPES, configure, device_ok, writable_dir
+from configurator import DTYPES, configure, video_problems, writable_dir
 from dataset import format_question, load_samples, read_records_or_exit
 from logprobs import completion_logps
 from model import freeze_vision as freeze_vision_tower, load_policy, source_problem, tiny_qwen25vl
@@ -53,7 +53,7 @@ CHOICES = {"dtype": DTYPES}
 
 def setting_problems(c):
     """Ranges, as (holds, message); out_dir and init_from checked before anything is loaded."""
-    return [
+    return video_problems(c) + [
         (c["max_steps"] >= 1, f"max_steps={c['max_steps']}: need >= 1"),
         (c["batch_size"] >= 1, f"batch_size={c['batch_size']}: need >= 1"),
         (c["learning_rate"] > 0, f"learning_rate={c['learning_rate']}: need > 0"),
@@ -62,11 +62,6 @@ def setting_problems(c):
         (c["weight_decay"] >= 0, f"weight_decay={c['weight_decay']}: need >= 0"),
         (c["grad_clip"] > 0, f"grad_clip={c['grad_clip']}: need > 0"),
         (c["eval_samples"] >= 1, f"eval_samples={c['eval_samples']}: need >= 1"),
-        (c["num_frames"] >= 1, f"num_frames={c['num_frames']}: need >= 1"),
-        (c["max_pixels"] >= 28 * 28, f"max_pixels={c['max_pixels']}: need >= 784 (one 28x28 cell)"),
-        (c["fps"] is None or c["fps"] > 0, f"fps={c['fps']}: need > 0, or None (spread over the clip)"),
-        (device_ok(c["device"]), f"device={c['device']!r}: expected cpu, or cuda / cuda:N with a GPU "
-                                 "that torch sees"),
         (writable_dir(c["out_dir"]), f"out_dir={c['out_dir']!r}: cannot create or write to this directory"),
         (c["init_from"] == "tiny" or not source_problem(c["init_from"]),
          f"init_from: {source_problem(c['init_from'])}"),

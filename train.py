@@ -27,7 +27,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from checkpoint import export_model, load_run_state, load_states, rng_state, save_checkpoint, set_rng_state, unwrap
-from configurator import DTYPES, configure, device_ok, writable_dir
+from configurator import DTYPES, configure, video_problems, writable_dir
 from dataset import VideoError, load_samples, read_records_or_exit, read_sample
 from distributed import (all_gather_floats, all_gather_objects_or_self, any_rank, check_ranks_in_sync, gradient_sync,
                          leave_process_group, mean_over_ranks, means_over_ranks, setup_distributed, shard, wrap_policy)
@@ -125,7 +125,7 @@ CHOICES = {"loss": ("reg_grpo", "grpo", "rebel"), "reg_form": ("scaled", "paper"
 def setting_problems(c):
     """The ranges and relations the loop relies on, as (holds, message). No divisibility is needed:
     micro-batches take whole groups and the last one may be smaller."""
-    return [
+    return video_problems(c) + [
         (c["group_size"] >= 2, f"group_size={c['group_size']}: need >= 2 answers per prompt to compare"),
         (c["prompts_per_step"] >= 1, f"prompts_per_step={c['prompts_per_step']}: need >= 1"),
         (c["micro_batch_groups"] >= 1, f"micro_batch_groups={c['micro_batch_groups']}: need >= 1"),
@@ -150,16 +150,11 @@ def setting_problems(c):
         (c["max_new_tokens"] >= 1, f"max_new_tokens={c['max_new_tokens']}: need >= 1"),
         (c["temperature"] > 0, f"temperature={c['temperature']}: need > 0"),
         (0 < c["top_p"] <= 1, f"top_p={c['top_p']}: need 0 < top_p <= 1"),
-        (c["num_frames"] >= 1, f"num_frames={c['num_frames']}: need >= 1"),
-        (c["max_pixels"] >= 28 * 28, f"max_pixels={c['max_pixels']}: need >= 784 (one 28x28 cell)"),
-        (c["fps"] is None or c["fps"] > 0, f"fps={c['fps']}: need > 0, or None (spread over the clip)"),
         (c["learning_rate"] > 0, f"learning_rate={c['learning_rate']}: need > 0"),
         (0 <= c["min_lr_ratio"] <= 1, f"min_lr_ratio={c['min_lr_ratio']}: need 0..1"),
         (c["warmup_steps"] >= 0, f"warmup_steps={c['warmup_steps']}: need >= 0"),
         (c["weight_decay"] >= 0, f"weight_decay={c['weight_decay']}: need >= 0"),
         (c["grad_clip"] > 0, f"grad_clip={c['grad_clip']}: need > 0"),
-        (device_ok(c["device"]), f"device={c['device']!r}: expected cpu, or cuda / cuda:N with a GPU "
-                                 "that torch sees"),
         (not (c["pack_groups"] and c["rows_per_forward"]), f"rows_per_forward={c['rows_per_forward']} sorts the "
                                                            "answers of a group apart: set --pack_groups=False with it"),
         (not (c["pack_groups"] and c["attn_implementation"] == "flash_attention_2"),
