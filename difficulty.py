@@ -264,19 +264,24 @@ class HintTraces:
     The paper's source of hints: for each sample (by id), the highest-reward of a few reasoning traces
     the policy wrote when shown the question and its ground-truth answer (answer_piece), rewarded
     against the ground truth as usual. Made once per sample, when a hint first needs it, then kept
-    (state_dict goes into the checkpoint). "" when no trace got the answer right.
+    (state_dict goes into the checkpoint). "" when no trace qualifies.
+
+    A trace qualifies when its answer is right and, for a multiple-choice record, its reasoning agrees
+    with that answer (agrees_with_answer): a policy that has never seen an answer in its prompt may copy
+    the letter and reason its way to another option, and such a trace would mislead as a hint.
     """
 
     def __init__(self):
-        self.traces = {}  # sample id -> <think> text of the best correct trace, or ""
+        self.traces = {}  # sample id -> <think> text of the best qualifying trace, or ""
 
-    def add(self, sample_id, completions, accuracy, rewards):
+    def add(self, sample_id, completions, accuracy, rewards, record=None):
         accuracy, rewards = [float(a) for a in accuracy], [float(r) for r in rewards]
         if not len(completions) == len(accuracy) == len(rewards):
             raise ValueError(f"HintTraces.add: {len(completions)} completions, {len(accuracy)} accuracies, "
                              f"{len(rewards)} rewards for {sample_id!r}")
-        correct = [j for j, a in enumerate(accuracy) if a > 0]
-        best = max(correct, key=lambda j: rewards[j], default=None)  # first of equals
+        ok = [j for j, a in enumerate(accuracy)
+              if a > 0 and (record is None or agrees_with_answer(_think(completions[j]), record))]
+        best = max(ok, key=lambda j: rewards[j], default=None)  # first of equals
         self.traces[sample_id] = "" if best is None else _think(completions[best]).strip()
 
     def get(self, sample_id):
@@ -333,6 +338,18 @@ def names_answer(sentence, record):
     if len(letter) == 1 and re.search(rf"\b{re.escape(letter)}\b", sentence):
         return True
     return bool(text) and re.search(rf"(?<!\w){re.escape(text)}(?!\w)", sentence, flags=re.IGNORECASE) is not None
+
+
+def agrees_with_answer(reasoning, record):
+    """For a multiple-choice record: the reasoning names the answer's text and no other option's text
+    (any case, whole words). Other problem types: True (no options to disagree with)."""
+    options = record.get("options") or []
+    if record.get("problem_type") != "multiple_choice" or not options:
+        return True
+    answer = answer_text(record)
+    others = [str(o) for o in options if str(o) != answer]
+    named = lambda text: re.search(rf"(?<!\w){re.escape(text)}(?!\w)", reasoning, flags=re.IGNORECASE)
+    return bool(named(answer)) and not any(named(o) for o in others)
 
 
 def hint_pieces(trace, record):

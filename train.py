@@ -110,9 +110,10 @@ freeze_vision = True          # the paper trains only the language model
 gradient_checkpointing = False
 compile = False               # torch.compile the decoder layers (policy, reference) for the log-prob passes
 pack_groups = True            # each group's prompt (video included) runs once per forward, its G answers after it,
-                              # each seeing the prompt and itself (logprobs.group_packed_logps); False: G copies
+                              # each seeing the prompt and itself (logprobs.group_packed_logps); False: G copies.
+                              # Off with rows_per_forward > 0 or flash_attention_2 (no 4D mask there)
 rows_per_forward = 0          # answers per forward, sorted by length, each forward trimmed to its longest
-                              # (0: a micro-batch is one forward, trimmed to its longest answer); needs pack_groups=False
+                              # (0: a micro-batch is one forward, trimmed to its longest answer)
 # -----------------------------------------------------------------------------
 EMBEDDED_DATA, EMBEDDED_SFT = "data/synthetic/train.jsonl", "out/tiny-sft"
 EMBEDDED_SFT_DATA = "data/synthetic/sft.jsonl"   # the warm start's demonstrations, written beside train.jsonl
@@ -155,10 +156,6 @@ def setting_problems(c):
         (c["warmup_steps"] >= 0, f"warmup_steps={c['warmup_steps']}: need >= 0"),
         (c["weight_decay"] >= 0, f"weight_decay={c['weight_decay']}: need >= 0"),
         (c["grad_clip"] > 0, f"grad_clip={c['grad_clip']}: need > 0"),
-        (not (c["pack_groups"] and c["rows_per_forward"]), f"rows_per_forward={c['rows_per_forward']} sorts the "
-                                                           "answers of a group apart: set --pack_groups=False with it"),
-        (not (c["pack_groups"] and c["attn_implementation"] == "flash_attention_2"),
-         "pack_groups needs a 4D attention mask, which flash_attention_2 does not take: use sdpa, or --pack_groups=False"),
     ]
 
 
@@ -283,14 +280,15 @@ def sample_with_augmentation(policy, processor, prompts, r_ref, traces, gen, syn
 
 def write_hint_traces(policy, processor, prompts, traces, synced, spare):
     """The paper's hint source, made once per sample: shown the question and its ground-truth answer,
-    the policy writes `hint_trace_samples` traces; HintTraces keeps the highest-reward correct one.
+    the policy writes `hint_trace_samples` traces; HintTraces keeps the highest-reward right one whose
+    reasoning agrees with the answer.
     Returns the number of answers generated."""
     k = hint_trace_samples
     out = sample_subset(policy, processor, prompts, [p["frames"] for p in prompts],
                         [answer_piece(p) for p in prompts], synced, spare, n=k)
     for i, p in enumerate(prompts):
         rows = slice(i * k, (i + 1) * k)
-        traces.add(p["id"], out.texts[rows], out.accuracy[rows], out.rewards[rows])
+        traces.add(p["id"], out.texts[rows], out.accuracy[rows], out.rewards[rows], record=p)
     return len(out.texts) if out is not None else 0
 
 
@@ -352,7 +350,7 @@ def policy_update(model, optimizer, rollout, advantages, params, world_size):
 # ----------------------------------------------------------------------------- main
 
 def main():
-    global device
+    global device, pack_groups
     config = configure(globals(), sys.argv[1:], CHOICES, lambda c: setting_problems(c) + path_problems(c))
     rank, local_rank, world_size = setup_distributed(device)
     if device.startswith("cuda") and world_size > 1:
@@ -383,6 +381,11 @@ def main():
         freeze_vision_tower(policy)
     if gradient_checkpointing:
         enable_gradient_checkpointing(policy)
+    if pack_groups and (rows_per_forward or attn_implementation == "flash_attention_2"):
+        pack_groups = False
+        if master:
+            why = "rows_per_forward > 0 sorts a group's answers apart" if rows_per_forward else "flash_attention_2 takes no 4D mask"
+            print(f"pack_groups off: {why}")
     if rows_per_forward and distributed == "ddp" and world_size > 1:
         raise SystemExit("rows_per_forward > 0 runs several forwards before one backward, which DDP does not "
                          "allow: use --distributed=fsdp or --rows_per_forward=0")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from data.synthetic.prepare import make_question
-from difficulty import (HintTraces, RewardBuffer, add_frame_noise, answer_piece, answer_text, build_hint,
+from difficulty import (HintTraces, agrees_with_answer, RewardBuffer, add_frame_noise, answer_piece, answer_text, build_hint,
                         flat_groups, group_mean_rewards, hint_pieces, hint_trace, make_easier_prompt,
                         make_harder, mask_fraction, mask_frames, names_answer, plan_augmentation, plan_groups,
                         redo_groups, wants_trace, zero_advantage_ratio)
@@ -253,6 +253,26 @@ def test_hint_traces_keep_the_best_correct_trace_and_round_trip(tmp_path):
         traces.add("m3", completions[:3], accuracy=[1, 1], rewards=[2, 2, 2])
     with pytest.raises(KeyError, match="traces"):
         other.load_state_dict({"window": 3})
+
+
+def test_traces_whose_reasoning_names_another_option_are_not_kept():
+    """Seen on the embedded default: shown "The answer is B.", the policy copies the letter and writes
+    reasoning for another option (or for another kind of question). Such a trace is not kept; the
+    hint then falls back to the dataset's reasoning."""
+    right = "<think>It moves sideways. Its x grows. So it moves right.</think><answer>B</answer>"
+    other = "<think>It moves left. So it moves up.</think><answer>B</answer>"          # right letter, wrong reasoning
+    unrelated = "<think>It turns warm. So it turns red.</think><answer>B</answer>"      # names no option
+    assert agrees_with_answer("So it moves RIGHT.", MOTION) and not agrees_with_answer("It moves left.", MOTION)
+    assert not agrees_with_answer("So it turns red.", MOTION)                          # the answer never named
+    assert not agrees_with_answer("Right, not left: it moves right.", MOTION)          # another option named
+    assert agrees_with_answer("anything", {**MOTION, "problem_type": "free_form"})
+    traces = HintTraces()
+    traces.add("m1", [other, unrelated, right], accuracy=[1, 1, 1], rewards=[2, 2, 2], record=MOTION)
+    assert traces.get("m1") == "It moves sideways. Its x grows. So it moves right."
+    traces.add("m1", [other, unrelated], accuracy=[1, 1], rewards=[2, 2], record=MOTION)
+    assert traces.get("m1") == "" and hint_trace(MOTION, [], traces) == MOTION["reasoning"]
+    traces.add("m1", [other], accuracy=[1], rewards=[2])                                # no record: answer only
+    assert traces.get("m1") == "It moves left. So it moves up."
 
 
 def test_hint_trace_prefers_own_answers_then_stored_then_reasoning():
