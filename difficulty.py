@@ -337,7 +337,12 @@ def names_answer(sentence, record):
     letter, text = str(record["answer"]).strip(), answer_text(record)
     if len(letter) == 1 and re.search(rf"\b{re.escape(letter)}\b", sentence):
         return True
-    return bool(text) and re.search(rf"(?<!\w){re.escape(text)}(?!\w)", sentence, flags=re.IGNORECASE) is not None
+    return bool(text) and mentions(sentence, text)
+
+
+def mentions(text, phrase):
+    """Does `text` contain `phrase` as whole words, in any case?"""
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, flags=re.IGNORECASE) is not None
 
 
 def agrees_with_answer(reasoning, record):
@@ -348,8 +353,7 @@ def agrees_with_answer(reasoning, record):
         return True
     answer = answer_text(record)
     others = [str(o) for o in options if str(o) != answer]
-    named = lambda text: re.search(rf"(?<!\w){re.escape(text)}(?!\w)", reasoning, flags=re.IGNORECASE)
-    return bool(named(answer)) and not any(named(o) for o in others)
+    return mentions(reasoning, answer) and not any(mentions(reasoning, o) for o in others)
 
 
 def hint_pieces(trace, record):

@@ -155,7 +155,7 @@ def group_packed_logps(model, batch, group_size, temperature=1.0, suppress_token
     seg[:, :P] = 0
     seg[dest] = answer[keep]
     text_pos = p_end[:, None].repeat(1, S - P)                                 # answers: p_end + t
-    text_pos[dest[0], dest[1] - P] = (p_end[:, None].repeat_interleave(G, 0) + t)[keep]
+    text_pos[dest[0], dest[1] - P] = (p_end[row] + t)[keep]
     real = torch.cat([first["attention_mask"][:, :P].bool(), seg[:, P:] > 0], 1)
 
     drop = ("input_ids", "attention_mask", "completion_mask", "mm_token_type_ids", "video_metadata")
@@ -220,8 +220,9 @@ def visual_rows(pixels, grid_thw, rows):
     """The patches of videos (images) `rows` from the processor's flat patch list, cut by their grids.
     A run of consecutive rows is a slice (no copy): micro-batches are such runs."""
     rows = torch.as_tensor(rows, dtype=torch.long).cpu()
-    ends = grid_thw.prod(-1).cumsum(0).cpu()
-    starts = ends - grid_thw.prod(-1).cpu()
+    sizes = grid_thw.prod(-1).cpu()
+    ends = sizes.cumsum(0)
+    starts = ends - sizes
     if len(rows) and torch.equal(rows, torch.arange(int(rows[0]), int(rows[0]) + len(rows))):
         return pixels[int(starts[rows[0]]):int(ends[rows[-1]])]
     return torch.cat([pixels[int(starts[i]):int(ends[i])] for i in rows.tolist()]) if len(rows) else pixels[:0]

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import train  # noqa: E402
+from bench_step import configure_train  # noqa: E402
 from configurator import configure  # noqa: E402
 from dataset import load_samples, read_records_or_exit  # noqa: E402
 from model import freeze_vision, load_policy  # noqa: E402
@@ -63,10 +64,9 @@ def main():
                         enabled=dtype != "float32"):
         rollout = generate_rollout(policy, processor, samples, [s["frames"] for s in samples], group_size,
                                    max_new_tokens=max_new_tokens)
-    for key, value in {"group_size": group_size, "micro_batch_groups": micro_batch_groups, "device": device,
-                       "num_iterations": num_iterations, "dtype": dtype, "master_dtype": dtype, "loss": "reg_grpo",
-                       "rows_per_forward": 0, "beta": 0.0}.items():
-        setattr(train, key, value)
+    configure_train({"group_size": group_size, "num_iterations": num_iterations, "micro_batch_groups": micro_batch_groups,
+                     "rows_per_forward": 0, "pack_groups": True, "device": device, "dtype": dtype, "master_dtype": dtype,
+                     "beta": 0.0, "grad_clip": 1.0, "compile": False})
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     start = {k: v.clone() for k, v in policy.state_dict().items()}
