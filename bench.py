@@ -36,7 +36,8 @@ from flops import (ID_TOKENS, QWEN_IDS, decode_bytes, format_plan, lm_forward_fl
                    phase_flops, qwen25vl_config, video_grid, vision_forward_flops)
 from logprobs import completion_logps
 from model import (build_tiny, compile_decoder_layers, enable_gradient_checkpointing, freeze_vision,
-                   group_vision_windows, share_repeated_videos, vision_token_ids)
+                   group_vision_windows, patch_embed_as_matmul, share_repeated_videos,
+                   vision_token_ids)
 from reg_grpo import group_advantages, reg_grpo_loss
 from rollout import gathered_for_generation, join_prompt_completion, repeat_batch
 
@@ -51,6 +52,7 @@ phases = "generate,logprob,train"  # which to time; without generate the complet
 share_videos = True           # encode each distinct video once per batch (model.share_repeated_videos)
 fused_adamw = True            # cuda: torch's fused AdamW kernel (train.py uses it on cuda)
 group_windows = True          # vision attention: one SDPA call per window length (model.group_vision_windows)
+patch_matmul = True           # vision patch embedding as a matmul, not a Conv3d (model.patch_embed_as_matmul)
 attn_implementation = "sdpa"  # sdpa | flash_attention_2 (when installed) | eager
 batch_size = 2                # prompts
 group_size = 4                # G answers per prompt
@@ -113,6 +115,7 @@ def build_model(name, device_, torch_dtype, attn, ids=QWEN_IDS):
 
 def share(model):
     model = group_vision_windows(model) if group_windows else model
+    model = patch_embed_as_matmul(model) if patch_matmul else model
     return share_repeated_videos(model) if share_videos else model
 
 

@@ -198,7 +198,7 @@ def load_policy(name_or_path, dtype=torch.float32, device="cpu", attn_implementa
         processor = AutoProcessor.from_pretrained(name)
     except OSError as e:
         raise OSError(f"{name}: could not load as a local directory or a hub id: {e}") from e
-    return group_vision_windows(share_repeated_videos(model.to(device))), processor
+    return patch_embed_as_matmul(group_vision_windows(share_repeated_videos(model.to(device)))), processor
 
 
 def load_reference(name_or_path, dtype=torch.float32, device="cpu", attn_implementation="sdpa"):
@@ -298,6 +298,32 @@ def _grouped_window_attention(attn, rotary):
         out = torch.cat(outputs)[torch.argsort(torch.cat(order))]           # back to the input order
         return attn.proj(out)
     return forward
+
+
+def patch_embed_as_matmul(model):
+    """The vision patch embedding as one matrix product instead of its Conv3d.
+
+    The Conv3d has kernel == stride and no padding: every output row is one patch's C*T*P*P pixels
+    (the processor's flattening order) times the flattened kernel, `x @ W.view(D, -1).T`. PyTorch
+    runs the conv as a general 3D convolution instead (mkldnn on CPU: a tenth of a tiny-model SFT
+    step, forward plus backward; some cuDNN versions are far slower still). The weight stays the
+    Conv3d's, so checkpoints and state dicts are unchanged. Installed by load_policy; idempotent.
+    """
+    embed = _visual(model).patch_embed
+    proj = embed.proj
+    degenerate = (isinstance(proj, torch.nn.Conv3d) and proj.stride == proj.kernel_size
+                  and proj.padding == (0, 0, 0) and proj.dilation == (1, 1, 1) and proj.groups == 1)
+    if getattr(embed, "as_matmul", False) or not degenerate:
+        return model
+
+    def forward(hidden_states):
+        weight = proj.weight                                    # (D, C, T, P, P)
+        patches = hidden_states.reshape(-1, weight[0].numel()).to(weight.dtype)
+        return torch.nn.functional.linear(patches, weight.reshape(weight.shape[0], -1), proj.bias)
+
+    embed.forward = forward
+    embed.as_matmul = True
+    return model
 
 
 def _repeat_rows(x, sizes, owner):

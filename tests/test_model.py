@@ -59,7 +59,7 @@ def text_ids(processor, s):
 def test_round_trip_same_weights_and_logits(tiny_dir, policy):
     loaded, processor = policy
     fresh, _ = M.build_tiny(texts=TEXTS, seed=0)
-    fresh.eval()
+    M.patch_embed_as_matmul(fresh.eval())  # as load_policy does: the conv's sum order differs in float32
     assert type(loaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
     assert type(processor).__name__ == "Qwen2_5_VLProcessor"
     a, b = fresh.state_dict(), loaded.state_dict()
@@ -326,3 +326,35 @@ def test_grouped_window_attention_matches_transformers_float64():
     torch.testing.assert_close(grouped[1], reference[1], rtol=1e-12, atol=1e-14)
     windows = sum(shape[0] for shape in calls)
     assert len(calls) < windows  # stacked: fewer kernels than windows
+
+
+def test_patch_embed_as_matmul_matches_conv3d_float64():
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(windowed_config(), attn_implementation="sdpa").double()
+    embed = model.model.visual.patch_embed
+    pixels = torch.randn(40, 3 * 2 * 2 * 2, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(40, 8, dtype=torch.float64)
+
+    def output_and_grads():
+        out = embed(pixels)
+        grads = torch.autograd.grad((out * weights).sum(), (pixels, embed.proj.weight))
+        return out.detach(), *grads
+
+    conv = output_and_grads()
+    keys = list(model.state_dict())
+    M.patch_embed_as_matmul(M.patch_embed_as_matmul(model))   # idempotent
+    assert embed.as_matmul
+    matmul = output_and_grads()
+    for a, b in zip(matmul, conv):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    # the conv by hand, patch by patch: one patch (C, T, P, P) dotted with each output channel's kernel
+    kernel = embed.proj.weight.detach()
+    by_hand = torch.stack([(kernel * row.view(3, 2, 2, 2)).sum(dim=(1, 2, 3, 4)) for row in pixels.detach()])
+    torch.testing.assert_close(matmul[0], by_hand, rtol=1e-12, atol=1e-12)
+    assert list(model.state_dict()) == keys and embed.proj.weight.shape == (8, 3, 2, 2, 2)
+
+
+def test_load_policy_installs_patch_embed_as_matmul(policy):
+    model, _ = policy
+    assert getattr(model.model.visual.patch_embed, "as_matmul", False)
