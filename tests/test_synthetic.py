@@ -104,10 +104,14 @@ def roundtrip(tmp_path, name, frames):
 def test_deterministic_per_seed(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     generate(a, seed=3, n_train=12, n_val=6)
-    generate(b, seed=3, n_train=12, n_val=6)
+    generate(b, seed=3, n_train=12, n_val=6, workers=2)    # the same files from two processes
     generate(c, seed=4, n_train=12, n_val=6)
-    for split in ("train", "val"):
+    for split in ("train", "val", "sft"):
         assert (a / f"{split}.jsonl").read_bytes() == (b / f"{split}.jsonl").read_bytes()
+    videos = sorted(p.name for p in (a / "videos").iterdir())
+    assert len(videos) == 18 and videos == sorted(p.name for p in (b / "videos").iterdir())
+    assert all((a / "videos" / v).read_bytes() == (b / "videos" / v).read_bytes() for v in videos)
+    for split in ("train", "val"):
         assert (a / f"{split}.jsonl").read_bytes() != (c / f"{split}.jsonl").read_bytes()
     ra, rb = load_records(a / "train.jsonl"), load_records(b / "train.jsonl")
     for x, y in zip(ra + load_records(a / "val.jsonl"), rb + load_records(b / "val.jsonl")):

@@ -1,7 +1,7 @@
 """Synthetic video-reasoning benchmark: coloured shapes on a dark background, 8 frames of 112x112.
 
     python data/synthetic/prepare.py [--out data/synthetic] [--seed 0] [--n_train 2000] [--n_val 1000]
-                                     [--teacher_slip 0.6]
+                                     [--teacher_slip 0.6] [--workers N]
 
 writes <out>/train.jsonl, <out>/val.jsonl, <out>/sft.jsonl and <out>/videos/{train,val}_NNNNNN.mp4.
 
@@ -44,9 +44,12 @@ teacher, without having to learn new perception. With `--teacher_slip 0` sft.jso
 """
 
 import argparse
+import contextlib
+import functools
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -272,17 +275,24 @@ def make_question(seed, split, i, difficulty=None):
     return record, frames
 
 
-def generate(out_dir, seed=0, n_train=2000, n_val=1000, teacher_slip=0.6):
-    """Write <out_dir>/{train,val,sft}.jsonl and <out_dir>/videos/*.mp4; return {split: records}."""
+def write_question(out_dir, seed, split, i):
+    """Render question i of the split, encode its clip under out_dir; return its record."""
+    record, frames = make_question(seed, split, i)
+    write_video(os.path.join(out_dir, record["video"]), frames, fps=FPS, qp=14)
+    return record
+
+
+def generate(out_dir, seed=0, n_train=2000, n_val=1000, teacher_slip=0.6, workers=1):
+    """Write <out_dir>/{train,val,sft}.jsonl and <out_dir>/videos/*.mp4; return {split: records}.
+    `workers` processes render and encode the clips; every question depends only on (seed, split, i)
+    and write_video's bytes are deterministic, so the files are the same for any number of workers."""
     out = {}
-    for split, n in (("train", n_train), ("val", n_val)):
-        records = []
-        for i in range(n):
-            record, frames = make_question(seed, split, i)
-            write_video(os.path.join(out_dir, record["video"]), frames, fps=FPS, qp=14)
-            records.append(record)
-        write_records(os.path.join(out_dir, f"{split}.jsonl"), records)
-        out[split] = records
+    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        for split, n in (("train", n_train), ("val", n_val)):
+            render = functools.partial(write_question, out_dir, seed, split)
+            records = list(pool.map(render, range(n), chunksize=32) if pool else map(render, range(n)))
+            write_records(os.path.join(out_dir, f"{split}.jsonl"), records)
+            out[split] = records
     out["sft"] = [teacher_demonstration(r, teacher_slip, seed, i) for i, r in enumerate(out["train"])]
     write_records(os.path.join(out_dir, "sft.jsonl"), out["sft"])
     return out
@@ -296,11 +306,15 @@ if __name__ == "__main__":
     p.add_argument("--n_val", type=int, default=1000)
     p.add_argument("--teacher_slip", type=float, default=0.6,
                    help="probability that the SFT teacher answers green for yellow and red for blue")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes that render and encode the clips (default: one per CPU); same files for any")
     args = p.parse_args()
     if not 0 <= args.teacher_slip <= 1:
         p.error(f"--teacher_slip must be in [0, 1], got {args.teacher_slip}")
+    if args.workers < 1:
+        p.error(f"--workers must be >= 1, got {args.workers}")
     t = time.time()
-    data = generate(args.out, args.seed, args.n_train, args.n_val, args.teacher_slip)
+    data = generate(args.out, args.seed, args.n_train, args.n_val, args.teacher_slip, args.workers)
     for split, records in data.items():
         fams = {f: sum(r["meta"]["family"] == f for r in records) for f in FAMILIES}
         print(f"{split}: {len(records)} questions {fams} -> {os.path.join(args.out, split + '.jsonl')}")
