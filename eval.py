@@ -121,6 +121,34 @@ def all_gather_objects(obj):
     return out
 
 
+def eval_key(model_dir, data_path, n_questions, max_new_tokens, num_frames, max_pixels, fps, sampler, dtype,
+             device, batch_size=64):
+    """What a greedy evaluation's result depends on, as JSON-ready lists: the weight files (name, size,
+    mtime), the split's file, the number of questions, the answer budget, the video settings, the
+    sampler, the dtype, the device type and the batch width (a batch's padding can move float sums)."""
+    weights = sorted([f, os.stat(os.path.join(model_dir, f)).st_size, os.stat(os.path.join(model_dir, f)).st_mtime_ns]
+                     for f in os.listdir(model_dir) if f.endswith((".safetensors", ".bin")))
+    data = [os.path.abspath(data_path), os.stat(data_path).st_size, os.stat(data_path).st_mtime_ns]
+    return {"weights": weights, "data": data, "questions": n_questions, "max_new_tokens": max_new_tokens,
+            "num_frames": num_frames, "max_pixels": max_pixels, "fps": fps, "sampler": sampler,
+            "dtype": str(dtype), "device": torch.device(device).type, "batch_size": batch_size}
+
+
+def saved_eval(model_dir, key):
+    """The greedy results sft.py saved beside the weights in model_dir/sft_summary.json when they were
+    computed under exactly `key` (eval_key), else None: train.py's step-0 evaluation of the same
+    weights on the same questions would repeat them answer for answer."""
+    summary_file = os.path.join(model_dir, "sft_summary.json")
+    if not os.path.isfile(summary_file):
+        return None
+    try:
+        with open(summary_file) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return summary.get("val") if summary.get("eval_key") == key else None
+
+
 def format_table(results):
     lines = [f"{'subset':<28} {'n':>5} {'accuracy':>9} {'format':>7}"]
     for key, r in results.items():

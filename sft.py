@@ -25,7 +25,7 @@ from dataset import format_question, load_samples, read_records_or_exit
 from logprobs import completion_logps
 from model import freeze_vision as freeze_vision_tower, load_policy, source_problem, tiny_qwen25vl
 from rollout import SYSTEM_PROMPT, encode_prompts, join_prompt_completion, reference_completion, to_device
-from eval import evaluate, format_table
+from eval import eval_key, evaluate, format_table
 
 # -----------------------------------------------------------------------------
 out_dir = "out/tiny-sft"
@@ -41,6 +41,7 @@ weight_decay = 0.01
 grad_clip = 1.0
 freeze_vision = False         # the tiny vision tower is random: it must learn too
 eval_samples = 1000
+max_new_tokens = 48           # the evaluation's answer budget (train.py's: its step 0 reuses this evaluation)
 num_frames = 8
 max_pixels = 112 * 112
 fps = None                    # frames sampled at this rate (at most num_frames); None: spread over the clip
@@ -62,6 +63,7 @@ def setting_problems(c):
         (c["weight_decay"] >= 0, f"weight_decay={c['weight_decay']}: need >= 0"),
         (c["grad_clip"] > 0, f"grad_clip={c['grad_clip']}: need > 0"),
         (c["eval_samples"] >= 1, f"eval_samples={c['eval_samples']}: need >= 1"),
+        (c["max_new_tokens"] >= 1, f"max_new_tokens={c['max_new_tokens']}: need >= 1"),
         (writable_dir(c["out_dir"]), f"out_dir={c['out_dir']!r}: cannot create or write to this directory"),
         (c["init_from"] == "tiny" or not source_problem(c["init_from"]),
          f"init_from: {source_problem(c['init_from'])}"),
@@ -142,10 +144,11 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     policy.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    results = evaluate(policy, processor, val)
+    results = evaluate(policy, processor, val, max_new_tokens=max_new_tokens)
     print(format_table(results))
+    key = eval_key(out_dir, val_data, len(val), max_new_tokens, num_frames, max_pixels, fps, "auto", dtype, device)
     with open(os.path.join(out_dir, "sft_summary.json"), "w") as f:
-        json.dump({"config": config, "val": results, "seconds": time.time() - t0}, f, indent=2)
+        json.dump({"config": config, "val": results, "eval_key": key, "seconds": time.time() - t0}, f, indent=2)
     print(f"SFT done: val accuracy {results['all']['accuracy']:.3f} -> {out_dir}")
 
 

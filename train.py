@@ -33,7 +33,7 @@ from distributed import (all_gather_floats, all_gather_objects_or_self, any_rank
                          leave_process_group, mean_over_ranks, means_over_ranks, setup_distributed, shard, wrap_policy)
 from difficulty import (DEFAULT_MARGIN, HintTraces, RewardBuffer, answer_piece, group_mean_rewards,
                         plan_groups, redo_groups, wants_trace, zero_advantage_ratio)
-from eval import evaluate
+from eval import eval_key, evaluate, saved_eval
 from logprobs import length_sorted_logps
 from model import compile_decoder_layers, compile_seconds, enable_gradient_checkpointing
 from model import freeze_vision as freeze_vision_tower, load_policy, load_reference, max_positions, source_problem
@@ -200,6 +200,19 @@ def ensure_embedded_default(rank):
         subprocess.run([sys.executable, "sft.py", f"--device={device}"], check=True)
     if dist.is_initialized():
         dist.barrier()
+
+
+def sft_eval_of_start(n_questions):
+    """sft.py's evaluation of init_from when it ran exactly as step 0's would (eval.saved_eval), else None.
+    One process only, and no autocast or compile: those change the arithmetic."""
+    if not os.path.isdir(init_from) or dist.is_initialized() or compile or dtype != master_dtype:
+        return None
+    key = eval_key(init_from, val_data, n_questions, max_new_tokens, num_frames, max_pixels, fps, sampler,
+                   master_dtype, device)
+    results = saved_eval(init_from, key)
+    if results is not None:
+        print(f"step 0: {init_from} holds these weights as sft.py evaluated them, same settings: its result is reused")
+    return results
 
 
 def draw_prompts(records, rng, n, skipped):
@@ -421,10 +434,11 @@ def main():
     synced = world_size > 1 and distributed == "fsdp"
     generator_model = model if distributed == "fsdp" else unwrap(model)
 
-    def run_eval():
-        with autocast():
-            results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, rank=rank,
-                               world_size=world_size, sampler=sampler)
+    def run_eval(results=None):
+        if results is None:
+            with autocast():
+                results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, rank=rank,
+                                   world_size=world_size, sampler=sampler)
         history.append({"step": step, "answers_generated": answers_generated,
                         "val_accuracy": results["all"]["accuracy"], "val_format": results["all"]["format"]})
         if master:
@@ -445,7 +459,7 @@ def main():
         return step >= max_steps or bool(max_answers and answers_generated >= max_answers)
 
     if step == 0 and not history:
-        run_eval()
+        run_eval(sft_eval_of_start(len(val)))
     log_file = open_log(out_dir, step) if master else None
     bar = tqdm(total=max_steps, initial=step, disable=not master, desc="rl", dynamic_ncols=True)
     drawing = ThreadPoolExecutor(max_workers=1)  # decodes the next step's videos while this one runs

@@ -149,3 +149,33 @@ def test_augmentation_flow_hints_from_answer_conditioned_traces(tiny, monkeypatc
     assert all("Hint:" in t for t in prompts_text) and len(prompts_text) == 3 * 2
     _, _, _, none, n = train.sample_with_augmentation(policy, processor, prompts, None, traces, None, False)
     assert none["easier"] == none["harder"] == 0 and n == 3 * 2   # empty buffer: nothing redone
+
+
+def test_step_zero_reuses_sft_evaluation_only_when_it_would_repeat_it(tiny, tmp_path):
+    from dataset import load_samples, read_records_or_exit
+    from eval import eval_key, evaluate
+    from model import load_policy
+    saved = json.load(open(tiny["sft"] / "sft_summary.json"))
+    assert saved["eval_key"]["max_new_tokens"] == 48 and saved["eval_key"]["questions"] == 4
+    # the same settings as sft.py's evaluation: reused
+    out = tmp_path / "same"
+    proc = run(train_args(tiny, out, "--max_new_tokens=48", "--max_steps=1"))
+    assert "its result is reused" in proc.stdout
+    assert json.load(open(out / "summary.json"))["val_accuracy_start"] == saved["val"]["all"]["accuracy"]
+    # and recomputing it gives the saved result, subset by subset
+    policy, processor = load_policy(str(tiny["sft"]))
+    val = load_samples(read_records_or_exit(str(tiny["data"] / "val.jsonl"))[:4], log=lambda *a: None)
+    assert evaluate(policy, processor, val, max_new_tokens=48) == saved["val"]
+    # another answer budget: evaluated afresh
+    proc = run(train_args(tiny, tmp_path / "other", "--max_steps=1"))
+    assert "step 0: val accuracy" in proc.stdout and "reused" not in proc.stdout
+    # rewritten weights change the key
+    key = eval_key(tiny["sft"], tiny["data"] / "val.jsonl", 4, 48, 8, 112 * 112, None, "auto", "float32", "cpu")
+    assert key == saved["eval_key"]
+    weights = next(p for p in tiny["sft"].iterdir() if p.suffix == ".safetensors")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    try:
+        assert eval_key(tiny["sft"], tiny["data"] / "val.jsonl", 4, 48, 8, 112 * 112, None, "auto", "float32",
+                        "cpu") != key
+    finally:
+        os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns - 1))
