@@ -4,9 +4,9 @@
         --num_frames=16 --frame_size=252 --prompt_len=200 --gen_len=768 --min_gen_len=100 --reference=True
 
 B prompts x G answers: rollout (rollout.generate_rollout, with whatever sampler it is configured to
-use), the reference log-probs (rollout.reference_logps), then train.policy_update: `num_iterations`
+use), the reference log-probs (rollout.reference_logps), then step.policy_update: `num_iterations`
 passes, the first of which gives the old log-probs. Settings that train.py reads there (micro-batch
-groups, rows per forward, loss, beta, ...) are set on the train module from bench's own.
+groups, rows per forward, loss, beta, ...) are train.py's defaults overridden by bench's own (train_settings).
 
 3b / 7b have no tokenizer here (random weights): the prompts are written with the tiny model's
 tokenizer and processor, and the model's special ids are set to that tokenizer's (the ids are only
@@ -27,6 +27,7 @@ import train
 from model import compile_seconds
 from reg_grpo import group_advantages
 from rollout import generate_rollout, reference_logps
+from step import autocast, policy_update
 
 QUESTION = "Which way does the red square move?"
 
@@ -88,13 +89,12 @@ def forward_tokens(prompt_lens, answer_lens, micro_batch, rows_per_forward):
     return total
 
 
-def configure_train(s):
-    """Set the module-level settings that train.policy_update reads from bench's settings `s`."""
-    for key in ("group_size", "num_iterations", "micro_batch_groups", "rows_per_forward", "pack_groups", "device",
-                "dtype", "beta", "grad_clip", "compile"):
-        setattr(train, key, s[key])
-    train.master_dtype = s["master_dtype"] or s["dtype"]
-    train.loss, train.temperature, train.distributed = "reg_grpo", 1.0, "ddp"
+def train_settings(s):
+    """train.py's settings, as step.policy_update and step.autocast read them, with bench's `s` where it has them."""
+    keys = ("group_size", "num_iterations", "micro_batch_groups", "rows_per_forward", "pack_groups", "device",
+            "dtype", "beta", "grad_clip", "compile")
+    return train.settings(**{k: s[k] for k in keys}, master_dtype=s["master_dtype"] or s["dtype"], loss="reg_grpo",
+                          temperature=1.0, distributed="ddp")
 
 
 def timed_part(sync, reset_peak, peak_memory_gb, fn):
@@ -113,7 +113,7 @@ def run_step(s, model, ref_model, processor, config, grid, peak_f, counting, har
     hardware: bench's (sync, reset_peak, peak_memory_gb).
     """
     lm_forward_flops, vision_forward_flops, qwen25vl_config = counting
-    configure_train(s)
+    ts = train_settings(s)
     gen = torch.Generator().manual_seed(s["seed"])
     records = step_records(processor, s["batch_size"], s["prompt_len"], s["num_frames"])
     videos = step_videos(s["batch_size"], s["num_frames"], s["frame_size"], s["seed"])
@@ -124,21 +124,21 @@ def run_step(s, model, ref_model, processor, config, grid, peak_f, counting, har
 
     def one_step():
         times, mems = {}, {}
-        with train.autocast():
+        with autocast(ts):
             times["rollout"], mems["rollout"], rollout = timed_part(*hardware, lambda: generate_rollout(
                 model, processor, records, videos, s["group_size"], max_new_tokens=s["gen_len"], temperature=1.0,
                 sampler=s["sampler"]))
         if s["min_gen_len"]:
             rollout = cut_lengths(rollout, s["min_gen_len"], gen)
-        with train.autocast():
+        with autocast(ts):
             times["reference"], mems["reference"], ref = timed_part(*hardware, lambda: reference_logps(
                 rollout, reference, device=s["device"], micro_batch=s["micro_batch_groups"] * s["group_size"],
                 rows_per_forward=s["rows_per_forward"], group_size=s["group_size"] if s["pack_groups"] else 0))
         rollout.ref_logps = ref
         rewards = torch.randint(0, 3, (len(rollout.texts),), generator=gen).float()  # random: an untrained model
         advantages = group_advantages(rewards, s["group_size"])
-        times["update"], mems["update"], _ = timed_part(*hardware, lambda: train.policy_update(
-            model, optimizer, rollout, advantages, params, 1))
+        times["update"], mems["update"], _ = timed_part(*hardware, lambda: policy_update(
+            ts, model, optimizer, rollout, advantages, params, 1))
         return times, mems, rollout
 
     compile_before = compile_seconds()

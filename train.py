@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -27,20 +27,19 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from checkpoint import export_model, load_run_state, load_states, rng_state, save_checkpoint, set_rng_state, unwrap
-from configurator import DTYPES, configure, video_problems, writable_dir
+from configurator import DTYPES, configure, is_setting, video_problems, writable_dir
 from dataset import VideoError, load_samples, read_records_or_exit, read_sample
-from distributed import (all_gather_floats, all_gather_objects_or_self, any_rank, check_ranks_in_sync, gradient_sync,
+from distributed import (all_gather_floats, all_gather_objects_or_self, any_rank, check_ranks_in_sync,
                          leave_process_group, mean_over_ranks, means_over_ranks, setup_distributed, shard, wrap_policy)
-from difficulty import (DEFAULT_MARGIN, HintTraces, RewardBuffer, answer_piece, group_mean_rewards,
-                        plan_groups, redo_groups, wants_trace, zero_advantage_ratio)
+from difficulty import DEFAULT_MARGIN, HintTraces, RewardBuffer, zero_advantage_ratio
 from eval import eval_key, evaluate, saved_eval
-from logprobs import length_sorted_logps
 from model import compile_decoder_layers, compile_seconds, enable_gradient_checkpointing
 from model import freeze_vision as freeze_vision_tower, load_policy, load_reference, max_positions, source_problem
-from reg_grpo import group_advantages, grpo_loss, rebel_loss, reg_grpo_loss
+from reg_grpo import group_advantages
 from remedies import dynamic_sampling, group_replay
-from rollout import concat_rollouts, drop_long_prompts, generate_rollout, micro_batches, reference_logps, to_device
+from rollout import drop_long_prompts, reference_logps
 from runlog import open_log, refuse_previous_run, start_wandb, write_summary
+from step import autocast, policy_update, sample_groups, sample_with_augmentation
 
 # ----------------------------------------------------------------------------- config
 # I/O
@@ -176,11 +175,9 @@ def lr_at(step):
     return learning_rate * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def autocast():
-    """Compute in `dtype` while the weights stay in `master_dtype` (FSDP2 does this on its own)."""
-    if dtype == master_dtype or (distributed == "fsdp" and dist.is_initialized()):
-        return nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
+def settings(**overrides):
+    """This module's settings as a namespace (step.py reads them from it), with overrides."""
+    return SimpleNamespace(**{**{k: v for k, v in globals().items() if is_setting(k, v)}, **overrides})
 
 
 def mean_or_none(values):
@@ -241,125 +238,6 @@ def prompts_of_step(records, step, rank, skipped):
     return draw_prompts(records, random.Random(f"{seed}:{rank}:{step}"), prompts_per_step, skipped)
 
 
-# ----------------------------------------------------------------------------- one step
-
-def sample_groups(policy, processor, prompts, videos, hints=None, synced=False, n=None):
-    """n (default G) answers per prompt with the sampling settings above, scored."""
-    return generate_rollout(policy, processor, prompts, videos, n or group_size, hints=hints,
-                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            synced_gpus=synced, sampler=sampler)
-
-
-def sample_subset(policy, processor, prompts, videos, hints, synced, spare, n=None):
-    """sample_groups on a possibly empty subset of the step's prompts (None when empty).
-
-    Under FSDP2 every rank must run generate as often as the others: a rank with nothing to do
-    samples `spare` (one of its own prompts) and throws the answers away.
-    """
-    if synced and any_rank(prompts) and not prompts:   # any_rank is a collective: every rank calls it
-        sample_groups(policy, processor, [spare], [spare["frames"]], synced=synced, n=n)
-    return sample_groups(policy, processor, prompts, videos, hints, synced, n) if prompts else None
-
-
-def sample_with_augmentation(policy, processor, prompts, r_ref, traces, gen, synced):
-    """Sample; ask difficulty.py which groups to redo, and with what video or hint; re-sample; splice.
-
-    Returns the rollout to train on, the per-prompt group means r_cur of the first sampling (what goes
-    into the reward buffer), its zero-advantage ratio, what was changed (counts of "harder" and
-    "easier" groups, the hints, the mean rewards of hinted groups before and after the hint) and the
-    number of answers generated.
-    """
-    G = group_size
-    videos = [p["frames"] for p in prompts]
-    first = sample_groups(policy, processor, prompts, videos, synced=synced)                     # sample
-    plans = plan_groups(first.rewards, G, r_ref, difficulty_margin, augment, augment_flat_only)  # ask
-    need = [prompts[i] for i in wants_trace(plans, prompts, first, G, traces)]
-    n_traces = write_hint_traces(policy, processor, need, traces, synced, spare=prompts[0])
-    redo = redo_groups(plans, prompts, videos, first, G, traces, harder_mode, noise_sigma0, gen)
-    rows = [i for i, r in enumerate(redo) if r["redo"]]
-    new = sample_subset(policy, processor, [prompts[i] for i in rows], [redo[i]["frames"] for i in rows],
-                        [redo[i]["hint"] for i in rows], synced, spare=prompts[0])               # re-sample
-    groups = [first.select(group_rows(i)) for i in range(len(prompts))]
-    for k, i in enumerate(rows):                                                                  # splice
-        groups[i] = new.select(group_rows(k))
-    r_cur = group_mean_rewards(first.rewards, G)
-    r_new = dict(zip(rows, group_mean_rewards(new.rewards, G).tolist())) if rows else {}
-    hinted = [i for i in rows if redo[i]["hint"]]
-    changes = {"harder": len(rows) - len(hinted), "easier": len(hinted), "hints": [redo[i]["hint"] for i in hinted],
-               "reward_hinted": [r_new[i] for i in hinted], "reward_hinted_before": [r_cur[i].item() for i in hinted]}
-    n_generated = len(first.texts) + n_traces + (len(new.texts) if rows else 0)
-    return concat_rollouts(groups), r_cur, zero_advantage_ratio(first.rewards, G), changes, n_generated
-
-
-def write_hint_traces(policy, processor, prompts, traces, synced, spare):
-    """The paper's hint source, made once per sample: shown the question and its ground-truth answer,
-    the policy writes `hint_trace_samples` traces; HintTraces keeps the highest-reward right one whose
-    reasoning agrees with the answer.
-    Returns the number of answers generated."""
-    k = hint_trace_samples
-    out = sample_subset(policy, processor, prompts, [p["frames"] for p in prompts],
-                        [answer_piece(p) for p in prompts], synced, spare, n=k)
-    for i, p in enumerate(prompts):
-        rows = slice(i * k, (i + 1) * k)
-        traces.add(p["id"], out.texts[rows], out.accuracy[rows], out.rewards[rows], record=p)
-    return len(out.texts) if out is not None else 0
-
-
-def group_rows(i):
-    return list(range(i * group_size, (i + 1) * group_size))
-
-
-def policy_update(model, optimizer, rollout, advantages, params, world_size):
-    """`num_iterations` passes over the rollout, each one optimizer step over all its groups.
-
-    Pass 1 computes log pi_theta(y|x) while theta is still the sampling policy's: those log-probs,
-    detached, are log pi_old for every pass, so no separate no-grad forward is needed. In pass 1 the
-    ratio is therefore rho = log pi_theta - log pi_old = 0 for every answer (in value; its gradient is
-    that of log pi_theta): pass 1 of Reg-GRPO is the rho = 0 case. Passes 2.. see the moved policy.
-    The reference log-probs (KL term) come with the rollout, computed once by reference_logps.
-    A micro-batch holds whole groups (the loss normalises within a group); inside it each group's prompt
-    runs once with its G answers packed after it (pack_groups), or the answers go through
-    `rows_per_forward`-row forwards sorted by length (logprobs.length_sorted_logps).
-    """
-    G = group_size
-    n = len(rollout.texts)
-    chunks = micro_batches(n, micro_batch_groups * G)
-    old = [None] * len(chunks)
-    stats_sum = {}
-    for it in range(num_iterations):
-        optimizer.zero_grad(set_to_none=True)
-        for c, rows in enumerate(chunks):
-            last = c == len(chunks) - 1
-            part = rollout.select(rows)
-            batch = to_device(part.logp_batch(), device)
-            with gradient_sync(model, last, world_size):
-                with autocast():
-                    logps = length_sorted_logps(model, batch, rows_per_forward, G if pack_groups else 0,
-                                                temperature=temperature)                          # (n_c, T)
-                if old[c] is None:                       # pass 1: pi_old is this pass's own log-probs
-                    old[c] = logps.detach()
-                mask = batch["completion_mask"]
-                ref = part.ref_logps.to(device) if part.ref_logps is not None else None
-                adv = advantages[rows].to(device)
-                group_ids = torch.tensor(rows, device=device) // G      # rows hold whole groups
-                if loss == "reg_grpo":
-                    value, stats = reg_grpo_loss(logps, old[c], adv, mask, group_ids, group_size=G, ref_logps=ref,
-                                                 beta=beta, eps=std_floor, token_mean=rho_token_mean, form=reg_form)
-                elif loss == "rebel":
-                    value, stats = rebel_loss(logps, old[c], part.rewards.to(device), mask, group_ids, group_size=G,
-                                              eta=rebel_eta, ref_logps=ref, beta=beta)
-                else:
-                    value, stats = grpo_loss(logps, old[c], adv, mask, group_ids, group_size=G, ref_logps=ref,
-                                             beta=beta, clip_eps=clip_eps)
-                (value * len(rows) / n).backward()
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * len(rows) / n / num_iterations
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-    stats_sum["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-    return stats_sum
-
-
 # ----------------------------------------------------------------------------- main
 
 def main():
@@ -399,6 +277,7 @@ def main():
         if master:
             why = "rows_per_forward > 0 sorts a group's answers apart" if rows_per_forward else "flash_attention_2 takes no 4D mask"
             print(f"pack_groups off: {why}")
+    s = settings(device=device, pack_groups=pack_groups)    # what step.py reads
     if rows_per_forward and distributed == "ddp" and world_size > 1:
         raise SystemExit("rows_per_forward > 0 runs several forwards before one backward, which DDP does not "
                          "allow: use --distributed=fsdp or --rows_per_forward=0")
@@ -436,7 +315,7 @@ def main():
 
     def run_eval(results=None):
         if results is None:
-            with autocast():
+            with autocast(s):
                 results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, rank=rank,
                                    world_size=world_size, sampler=sampler)
         history.append({"step": step, "answers_generated": answers_generated,
@@ -474,13 +353,13 @@ def main():
             upcoming = drawing.submit(prompts_of_step, records, step + 1, rank, skipped)
         t_gen, compile_s = time.time(), compile_seconds()
         r_ref = buffer.mean()                # the r_ref that classifies this step (read before the push)
-        with autocast():
+        with autocast(s):
             rollout, r_cur, za_before, changes, n_gen = sample_with_augmentation(
-                generator_model, processor, prompts, r_ref, traces, gen, synced)
+                s, generator_model, processor, prompts, r_ref, traces, gen, synced)
             if vanishing_fix == "dynamic_sampling":          # ablation only (remedies.py)
                 def sample_fresh():
                     fresh = draw_prompts(records, rng, prompts_per_step, skipped)
-                    return sample_groups(generator_model, processor, fresh, [p["frames"] for p in fresh],
+                    return sample_groups(s, generator_model, processor, fresh, [p["frames"] for p in fresh],
                                          synced=synced)
                 rollout, n_extra = dynamic_sampling(rollout, group_size, resample_rounds, sample_fresh, any_rank)
                 n_gen += n_extra
@@ -489,14 +368,14 @@ def main():
         t_gen = time.time() - t_gen
         t_ref = time.time()
         if beta > 0:
-            with autocast():
+            with autocast(s):
                 rollout.ref_logps = reference_logps(rollout, reference, temperature=temperature, device=device,
                                                     rows_per_forward=rows_per_forward,
                                                     group_size=group_size if pack_groups else 0)
         t_ref = time.time() - t_ref
         advantages = group_advantages(rollout.rewards, group_size, eps=adv_eps)
         t_update = time.time()
-        stats = policy_update(model, optimizer, rollout, advantages, params, world_size)
+        stats = policy_update(s, model, optimizer, rollout, advantages, params, world_size)
         t_update, compile_s = time.time() - t_update, compile_seconds() - compile_s
         buffer.push(all_gather_floats(r_cur.tolist()))
         step += 1

@@ -5,7 +5,7 @@ The update and the reference pass with each group's prompt packed once against G
     python scripts/pack_speed.py --init_from=... --device=cuda --dtype=bfloat16
 
 One rollout of `prompts` prompts x G answers is sampled from the policy; then, alternately `repeats`
-times, train.policy_update (num_iterations passes, micro-batches of micro_batch_groups groups) and
+times, step.policy_update (num_iterations passes, micro-batches of micro_batch_groups groups) and
 rollout.reference_logps run on it with pack_groups True and False, each from the same saved weights and
 optimizer state. Prints the median seconds of each and their ratio, the largest difference between the
 two reference log-probs, and the tokens each forward computes.
@@ -19,13 +19,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-import train  # noqa: E402
-from bench_step import configure_train  # noqa: E402
+from bench_step import train_settings  # noqa: E402
 from configurator import configure  # noqa: E402
 from dataset import load_samples, read_records_or_exit  # noqa: E402
 from model import freeze_vision, load_policy  # noqa: E402
 from reg_grpo import group_advantages  # noqa: E402
 from rollout import generate_rollout, reference_logps  # noqa: E402
+from step import policy_update  # noqa: E402
 
 init_from = "out/tiny-sft"
 data = "data/synthetic/train.jsonl"
@@ -64,9 +64,10 @@ def main():
                         enabled=dtype != "float32"):
         rollout = generate_rollout(policy, processor, samples, [s["frames"] for s in samples], group_size,
                                    max_new_tokens=max_new_tokens)
-    configure_train({"group_size": group_size, "num_iterations": num_iterations, "micro_batch_groups": micro_batch_groups,
-                     "rows_per_forward": 0, "pack_groups": True, "device": device, "dtype": dtype, "master_dtype": dtype,
-                     "beta": 0.0, "grad_clip": 1.0, "compile": False})
+    settings = {pack: train_settings({"group_size": group_size, "num_iterations": num_iterations,
+                                      "micro_batch_groups": micro_batch_groups, "rows_per_forward": 0,
+                                      "pack_groups": pack, "device": device, "dtype": dtype, "master_dtype": dtype,
+                                      "beta": 0.0, "grad_clip": 1.0, "compile": False}) for pack in (True, False)}
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     start = {k: v.clone() for k, v in policy.state_dict().items()}
@@ -75,12 +76,11 @@ def main():
     refs = {}
     for _ in range(repeats):
         for pack in (True, False):
-            train.pack_groups = pack
             policy.load_state_dict(start)
             optimizer.state.clear()
             t, refs[pack] = timed(lambda: reference_logps(rollout, policy, device=device, group_size=group_size if pack else 0))
             times["reference", pack].append(t)
-            t, _ = timed(lambda: train.policy_update(policy, optimizer, rollout, advantages, params, 1))
+            t, _ = timed(lambda: policy_update(settings[pack], policy, optimizer, rollout, advantages, params, 1))
             times["update", pack].append(t)
     P = rollout.input_ids.shape[1] - rollout.completion_mask.shape[1]
     prompt_tokens = rollout.attention_mask[:, :P].sum().item()

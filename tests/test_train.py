@@ -121,7 +121,7 @@ def test_bf16_compute_with_gradient_checkpointing_keeps_float32_master_weights(t
 
 
 
-def test_augmentation_flow_hints_from_answer_conditioned_traces(tiny, monkeypatch):
+def test_augmentation_flow_hints_from_answer_conditioned_traces(tiny):
     """sample -> ask -> re-sample -> splice, in process: with r_ref above every group's r_cur, every
     group is redone with a hint; groups without a correct answer of their own get a trace written
     with the answer shown; no sentence before a hint's last piece names the answer."""
@@ -129,15 +129,15 @@ def test_augmentation_flow_hints_from_answer_conditioned_traces(tiny, monkeypatc
     from dataset import load_records, load_samples
     from difficulty import HintTraces, names_answer
     from model import load_policy
+    from step import sample_with_augmentation
     policy, processor = load_policy(str(tiny["sft"]))
     prompts = load_samples(load_records(tiny["data"] / "train.jsonl")[:3], log=lambda *a: None)
-    for key, value in dict(group_size=2, hint_trace_samples=3, max_new_tokens=24, augment="both",
-                           augment_flat_only=False, difficulty_margin=0.0).items():
-        monkeypatch.setattr(train, key, value)
+    s = train.settings(group_size=2, hint_trace_samples=3, max_new_tokens=24, augment="both",
+                       augment_flat_only=False, difficulty_margin=0.0)
     torch.manual_seed(0)
     traces = HintTraces()
-    rollout, r_cur, _, changes, n = train.sample_with_augmentation(policy, processor, prompts, 2.5, traces,
-                                                                   torch.Generator().manual_seed(0), False)
+    rollout, r_cur, _, changes, n = sample_with_augmentation(s, policy, processor, prompts, 2.5, traces,
+                                                             torch.Generator().manual_seed(0), False)
     assert changes["easier"] == 3 and changes["harder"] == 0 and len(changes["reward_hinted"]) == 3
     assert n == 3 * 2 + 3 * len(traces) + 3 * 2                 # first sampling, traces, re-sampling
     assert changes["reward_hinted_before"] == pytest.approx(r_cur.tolist())
@@ -147,7 +147,7 @@ def test_augmentation_flow_hints_from_answer_conditioned_traces(tiny, monkeypatc
         assert not any(names_answer(s, p) for s in sentences[:-1]), hint
         assert 1 <= len(sentences) <= math.floor(2.5 - r + 0.5) + 1, hint   # l_guide = round(|delta|) + 1
     assert all("Hint:" in t for t in prompts_text) and len(prompts_text) == 3 * 2
-    _, _, _, none, n = train.sample_with_augmentation(policy, processor, prompts, None, traces, None, False)
+    _, _, _, none, n = sample_with_augmentation(s, policy, processor, prompts, None, traces, None, False)
     assert none["easier"] == none["harder"] == 0 and n == 3 * 2   # empty buffer: nothing redone
 
 
