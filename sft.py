@@ -17,7 +17,6 @@ import os
 import random
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -128,14 +127,10 @@ def main():
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     policy.train()
     t0 = time.time()
-    building = ThreadPoolExecutor(max_workers=1)    # the processor builds the next batch while this one trains
-    upcoming = building.submit(sft_batch, processor, rng.sample(samples, batch_size))
     for step in range(max_steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        batch = to_device(upcoming.result(), device)
-        if step + 1 < max_steps:                    # drawn in order: the same batches as without the thread
-            upcoming = building.submit(sft_batch, processor, rng.sample(samples, batch_size))
+        batch = to_device(sft_batch(processor, rng.sample(samples, batch_size)), device)
         logps = completion_logps(policy, batch)                                  # (B, T)
         mask = batch["completion_mask"].float()
         loss = -(logps * mask).sum() / mask.sum()
@@ -146,7 +141,6 @@ def main():
         if step % 50 == 0 or step == max_steps - 1:
             print(f"sft step {step:4d}  loss {loss.item():.4f}  lr {lr_at(step):.2e}  {time.time() - t0:.0f}s",
                   flush=True)
-    building.shutdown()
     os.makedirs(out_dir, exist_ok=True)
     policy.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
