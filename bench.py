@@ -143,9 +143,19 @@ def random_prompts(model, config, n_prompts, grid, text_len, torch_dtype, banned
 
 # ----------------------------------------------------------------------------- hardware
 
-def sync():
-    if device.startswith("cuda"):
+def sync(on=None):
+    """Wait for the device `on` (default: this bench's) to finish its queued work."""
+    if (on or device).startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def clock(fn, on=None):
+    """(seconds of one call of fn, its result), the device `on` synchronised before and after."""
+    sync(on)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(on)
+    return time.perf_counter() - t0, out
 
 
 def measure_cpu_peaks(torch_dtype):

@@ -20,7 +20,6 @@ records of `data`, both samplers, same seed; answers stop at their end-of-turn t
 import json as jsonlib
 import os
 import sys
-import time
 
 import torch
 
@@ -53,27 +52,14 @@ json = ""
 # -----------------------------------------------------------------------------
 
 
-def sync():
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def clock(fn):
-    sync()
-    t0 = time.perf_counter()
-    out = fn()
-    sync()
-    return time.perf_counter() - t0, out
-
-
 def timed(fn):
     """(first call s, steady mean s over `repeats` after `warmup`, last result)."""
-    first, out = clock(fn)
+    first, out = bench.clock(fn, device)
     for _ in range(warmup - 1):
         fn()
     times = []
     for _ in range(repeats):
-        t, out = clock(fn)
+        t, out = bench.clock(fn, device)
         times.append(t)
     return first, sum(times) / len(times), out
 

@@ -14,11 +14,11 @@ import os
 import random
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
+from bench import clock  # noqa: E402
 from bench_step import train_settings  # noqa: E402
 from configurator import configure  # noqa: E402
 from dataset import load_samples, read_records_or_exit  # noqa: E402
@@ -38,19 +38,6 @@ repeats = 5
 device = "cpu"
 dtype = "float32"
 seed = 0
-
-
-def sync():
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn):
-    sync()
-    t0 = time.perf_counter()
-    out = fn()
-    sync()
-    return time.perf_counter() - t0, out
 
 
 def main():
@@ -78,9 +65,10 @@ def main():
         for pack in (True, False):
             policy.load_state_dict(start)
             optimizer.state.clear()
-            t, refs[pack] = timed(lambda: reference_logps(rollout, policy, device=device, group_size=group_size if pack else 0))
+            t, refs[pack] = clock(lambda: reference_logps(rollout, policy, device=device,
+                                                          group_size=group_size if pack else 0), device)
             times["reference", pack].append(t)
-            t, _ = timed(lambda: policy_update(settings[pack], policy, optimizer, rollout, advantages, params, 1))
+            t, _ = clock(lambda: policy_update(settings[pack], policy, optimizer, rollout, advantages, params, 1), device)
             times["update", pack].append(t)
     P = rollout.input_ids.shape[1] - rollout.completion_mask.shape[1]
     prompt_tokens = rollout.attention_mask[:, :P].sum().item()
