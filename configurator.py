@@ -132,4 +132,3 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 if __name__ == "__main__":
     print(configure({"lr": 1e-3}, sys.argv[1:]))
-

@@ -126,9 +126,12 @@ def eval_key(model_dir, data_path, n_questions, max_new_tokens, num_frames, max_
     """What a greedy evaluation's result depends on, as JSON-ready lists: the weight files (name, size,
     mtime), the split's file, the number of questions, the answer budget, the video settings, the
     sampler, the dtype, the device type and the batch width (a batch's padding can move float sums)."""
-    weights = sorted([f, os.stat(os.path.join(model_dir, f)).st_size, os.stat(os.path.join(model_dir, f)).st_mtime_ns]
+    def stamp(path):
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    weights = sorted([f, *stamp(os.path.join(model_dir, f))]
                      for f in os.listdir(model_dir) if f.endswith((".safetensors", ".bin")))
-    data = [os.path.abspath(data_path), os.stat(data_path).st_size, os.stat(data_path).st_mtime_ns]
+    data = [os.path.abspath(data_path), *stamp(data_path)]
     return {"weights": weights, "data": data, "questions": n_questions, "max_new_tokens": max_new_tokens,
             "num_frames": num_frames, "max_pixels": max_pixels, "fps": fps, "sampler": sampler,
             "dtype": str(dtype), "device": torch.device(device).type, "batch_size": batch_size}
