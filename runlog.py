@@ -5,6 +5,12 @@ wandb_log, the same rows on Weights & Biases.
 """
 import json
 import os
+import resource
+
+import torch
+
+from difficulty import zero_advantage_ratio
+from distributed import all_gather_floats, mean_over_ranks, means_over_ranks
 
 RUN_FILES = ("log.jsonl", "summary.json", "ckpt.pt", "ckpt", "model")
 
@@ -40,6 +46,41 @@ def read_rows(path):
         except json.JSONDecodeError:
             break
     return rows
+
+
+def step_row(step, lr, answers_generated, rollout, group_size, r_ref, za_before, changes, stats, device, **times):
+    """One row of log.jsonl: rewards, zero-advantage ratios, augmentation, loss stats (policy_update's),
+    completion length, and `times` (step_time, rollout_time, ...), with peak memory. Every rank calls
+    it: its values are means over ranks, except times, tokens/s and peak memory, which stay this rank's."""
+    gen_tokens = rollout.completion_mask.sum().item()
+    row = {
+        "step": step, "lr": lr, "answers_generated": answers_generated,
+        "reward": mean_over_ranks(rollout.rewards.mean().item()),
+        "accuracy": mean_over_ranks(rollout.accuracy.mean().item()),
+        "format": mean_over_ranks(rollout.format.mean().item()),
+        "zero_adv_before": mean_over_ranks(za_before),
+        "zero_adv_after": mean_over_ranks(zero_advantage_ratio(rollout.rewards, group_size)),
+        "augmented_harder": changes["harder"], "augmented_easier": changes["easier"],
+        "r_ref": r_ref, "reward_hinted": mean_or_none(all_gather_floats(changes["reward_hinted"])),
+        "reward_hinted_before": mean_or_none(all_gather_floats(changes["reward_hinted_before"])), **stats,
+        "completion_len": gen_tokens / len(rollout.texts),
+        "step_time": times["step_time"], "rollout_tokens_per_s": gen_tokens / max(times["rollout_time"], 1e-9),
+        **times, "peak_mem_gb": peak_memory_gb(device),
+    }
+    row.update(means_over_ranks({k: row[k] for k in (*stats, "augmented_harder", "augmented_easier",
+                                                     "completion_len")}))
+    return row
+
+
+def mean_or_none(values):
+    return sum(values) / len(values) if values else None
+
+
+def peak_memory_gb(device):
+    """Peak GPU memory allocated by torch; on CPU the process's peak resident set size."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def write_summary(out_dir, history, steps, answers_generated, **extra):

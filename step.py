@@ -1,21 +1,50 @@
 """
-One RL step after its prompts are drawn, as train.py runs it: sample G answers per prompt with
+One RL step as train.py runs it: draw its prompts (videos decoded, unreadable ones skipped), sample G answers per prompt with
 difficulty-aware augmentation (sample -> ask difficulty.py which groups to redo, on what video or
 with what hint -> re-sample -> splice), then the policy update (`num_iterations` passes of Reg-GRPO,
 GRPO or REBEL over the rollout).
 
 `s` is a namespace of train.py's settings (train.settings(); its config block says what each does).
 """
+import random
 from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
 
+from dataset import VideoError, read_sample
 from difficulty import answer_piece, group_mean_rewards, plan_groups, redo_groups, wants_trace, zero_advantage_ratio
 from distributed import any_rank, gradient_sync
 from logprobs import length_sorted_logps
 from reg_grpo import grpo_loss, rebel_loss, reg_grpo_loss
 from rollout import concat_rollouts, generate_rollout, micro_batches, to_device
+
+
+def draw_prompts(s, records, rng, n, skipped):
+    """n records with decoded videos; a record whose video fails to decode is reported and skipped
+    (skipped: id -> reason, shared across steps)."""
+    picked = []
+    while len(picked) < n:
+        record = records[rng.randrange(len(records))]
+        if record["id"] in skipped:
+            continue
+        try:
+            sample = read_sample(record, num_frames=s.num_frames, max_pixels=s.max_pixels, fps=s.fps)
+        except VideoError as e:
+            skipped[record["id"]] = e.kind
+            print(f"skipping {record.get('where')} ({record['id']}): {e} ({len(skipped)} skipped so far)")
+            if len(skipped) == len(records):
+                raise SystemExit(f"{s.train_data}: no usable records: no record has a readable video")
+            continue
+        picked.append(sample)
+    return picked
+
+
+def prompts_of_step(s, records, step, rank, skipped):
+    """The prompts of one step, drawn with a random stream of their own (seed, rank, step): the draw
+    runs ahead in a background thread without moving any state a checkpoint saves, and a resumed run
+    draws the same prompts."""
+    return draw_prompts(s, records, random.Random(f"{s.seed}:{rank}:{step}"), s.prompts_per_step, skipped)
 
 
 def autocast(s):

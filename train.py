@@ -28,18 +28,18 @@ from tqdm import tqdm
 
 from checkpoint import export_model, load_run_state, load_states, rng_state, save_checkpoint, set_rng_state, unwrap
 from configurator import DTYPES, configure, is_setting, video_problems, writable_dir
-from dataset import VideoError, load_samples, read_records_or_exit, read_sample
+from dataset import load_samples, read_records_or_exit
 from distributed import (all_gather_floats, all_gather_objects_or_self, any_rank, check_ranks_in_sync,
-                         leave_process_group, mean_over_ranks, means_over_ranks, setup_distributed, shard, wrap_policy)
-from difficulty import DEFAULT_MARGIN, HintTraces, RewardBuffer, zero_advantage_ratio
+                         leave_process_group, mean_over_ranks, setup_distributed, shard, wrap_policy)
+from difficulty import DEFAULT_MARGIN, HintTraces, RewardBuffer
 from eval import eval_key, evaluate, saved_eval
 from model import compile_decoder_layers, compile_seconds, enable_gradient_checkpointing
 from model import freeze_vision as freeze_vision_tower, load_policy, load_reference, max_positions, source_problem
 from reg_grpo import group_advantages
 from remedies import dynamic_sampling, group_replay
 from rollout import drop_long_prompts, reference_logps
-from runlog import open_log, refuse_previous_run, start_wandb, write_summary
-from step import autocast, policy_update, sample_groups, sample_with_augmentation
+from runlog import open_log, refuse_previous_run, start_wandb, step_row, write_summary
+from step import autocast, draw_prompts, policy_update, prompts_of_step, sample_groups, sample_with_augmentation
 
 # ----------------------------------------------------------------------------- config
 # I/O
@@ -180,10 +180,6 @@ def settings(**overrides):
     return SimpleNamespace(**{**{k: v for k, v in globals().items() if is_setting(k, v)}, **overrides})
 
 
-def mean_or_none(values):
-    return sum(values) / len(values) if values else None
-
-
 # ----------------------------------------------------------------------------- data
 
 def ensure_embedded_default(rank):
@@ -210,32 +206,6 @@ def sft_eval_of_start(n_questions):
     if results is not None:
         print(f"step 0: {init_from} holds these weights as sft.py evaluated them, same settings: its result is reused")
     return results
-
-
-def draw_prompts(records, rng, n, skipped):
-    """n records with decoded videos; a record whose video fails to decode is reported and skipped."""
-    picked = []
-    while len(picked) < n:
-        record = records[rng.randrange(len(records))]
-        if record["id"] in skipped:
-            continue
-        try:
-            sample = read_sample(record, num_frames=num_frames, max_pixels=max_pixels, fps=fps)
-        except VideoError as e:
-            skipped[record["id"]] = e.kind
-            print(f"skipping {record.get('where')} ({record['id']}): {e} ({len(skipped)} skipped so far)")
-            if len(skipped) == len(records):
-                raise SystemExit(f"{train_data}: no usable records: no record has a readable video")
-            continue
-        picked.append(sample)
-    return picked
-
-
-def prompts_of_step(records, step, rank, skipped):
-    """The prompts of one step, drawn with a random stream of their own (seed, rank, step): the draw
-    runs ahead in a background thread without moving any state a checkpoint saves, and a resumed run
-    draws the same prompts."""
-    return draw_prompts(records, random.Random(f"{seed}:{rank}:{step}"), prompts_per_step, skipped)
 
 
 # ----------------------------------------------------------------------------- main
@@ -342,7 +312,7 @@ def main():
     log_file = open_log(out_dir, step) if master else None
     bar = tqdm(total=max_steps, initial=step, disable=not master, desc="rl", dynamic_ncols=True)
     drawing = ThreadPoolExecutor(max_workers=1)  # decodes the next step's videos while this one runs
-    upcoming = drawing.submit(prompts_of_step, records, step, rank, skipped)
+    upcoming = drawing.submit(prompts_of_step, s, records, step, rank, skipped)
     while not finished():
         t0 = time.time()
         for group in optimizer.param_groups:
@@ -350,7 +320,7 @@ def main():
         prompts = upcoming.result()
         video_wait = time.time() - t0
         if step + 1 < max_steps:
-            upcoming = drawing.submit(prompts_of_step, records, step + 1, rank, skipped)
+            upcoming = drawing.submit(prompts_of_step, s, records, step + 1, rank, skipped)
         t_gen, compile_s = time.time(), compile_seconds()
         r_ref = buffer.mean()                # the r_ref that classifies this step (read before the push)
         with autocast(s):
@@ -358,7 +328,7 @@ def main():
                 s, generator_model, processor, prompts, r_ref, traces, gen, synced)
             if vanishing_fix == "dynamic_sampling":          # ablation only (remedies.py)
                 def sample_fresh():
-                    fresh = draw_prompts(records, rng, prompts_per_step, skipped)
+                    fresh = draw_prompts(s, records, rng, prompts_per_step, skipped)
                     return sample_groups(s, generator_model, processor, fresh, [p["frames"] for p in fresh],
                                          synced=synced)
                 rollout, n_extra = dynamic_sampling(rollout, group_size, resample_rounds, sample_fresh, any_rank)
@@ -380,26 +350,9 @@ def main():
         buffer.push(all_gather_floats(r_cur.tolist()))
         step += 1
         answers_generated += int(mean_over_ranks(n_gen) * world_size)
-        gen_tokens = rollout.completion_mask.sum().item()
-        row = {
-            "step": step, "lr": lr_at(step - 1), "answers_generated": answers_generated,
-            "reward": mean_over_ranks(rollout.rewards.mean().item()),
-            "accuracy": mean_over_ranks(rollout.accuracy.mean().item()),
-            "format": mean_over_ranks(rollout.format.mean().item()),
-            "zero_adv_before": mean_over_ranks(za_before),
-            "zero_adv_after": mean_over_ranks(zero_advantage_ratio(rollout.rewards, group_size)),
-            "augmented_harder": changes["harder"], "augmented_easier": changes["easier"],
-            "r_ref": r_ref, "reward_hinted": mean_or_none(all_gather_floats(changes["reward_hinted"])),
-            "reward_hinted_before": mean_or_none(all_gather_floats(changes["reward_hinted_before"])), **stats,
-            "completion_len": gen_tokens / len(rollout.texts),
-            "step_time": time.time() - t0, "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
-            "video_wait": video_wait,                        # the step's wait for its decoded videos
-            "rollout_time": t_gen, "ref_time": t_ref, "update_time": t_update, "compile_time": compile_s,
-            "peak_mem_gb": peak_memory_gb(),
-        }
-        # mean over ranks, like reward above (step_time, tokens/s and peak memory stay rank 0's)
-        row.update(means_over_ranks({k: row[k] for k in (*stats, "augmented_harder", "augmented_easier",
-                                                         "completion_len")}))
+        row = step_row(step, lr_at(step - 1), answers_generated, rollout, group_size, r_ref, za_before, changes,
+                       stats, device, step_time=time.time() - t0, video_wait=video_wait, rollout_time=t_gen,
+                       ref_time=t_ref, update_time=t_update, compile_time=compile_s)
         if master:
             if compile and step == 1:
                 print(f"step 1: {compile_s:.1f} s of its {row['step_time']:.1f} s compiling the decoder layers")
@@ -435,14 +388,6 @@ def main():
     if dist.is_initialized():
         check_ranks_in_sync(model, sharded)
         leave_process_group()
-
-
-def peak_memory_gb():
-    """Peak GPU memory allocated by torch; on CPU the process's peak resident set size."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**30
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ def grad_norm(params):
 
 def first_update(seed):
     import train as T
+    from step import draw_prompts, sample_groups
     from dataset import read_records_or_exit
     from logprobs import completion_logps
     from model import freeze_vision, load_policy
@@ -73,8 +74,9 @@ def first_update(seed):
     policy, processor = load_policy(T.init_from)
     freeze_vision(policy)
     records = read_records_or_exit(T.train_data)
-    prompts = T.draw_prompts(records, random.Random(seed), 8, {})
-    rollout = T.sample_groups(policy, processor, prompts, [p["frames"] for p in prompts])
+    s = T.settings()
+    prompts = draw_prompts(s, records, random.Random(seed), 8, {})
+    rollout = sample_groups(s, policy, processor, prompts, [p["frames"] for p in prompts])
     G, n = T.group_size, len(rollout.texts)
     adv = group_advantages(rollout.rewards, G)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -120,6 +122,7 @@ def first_update(seed):
 
 def kl_response(seed):
     import train as T
+    from step import draw_prompts, sample_groups
     from dataset import read_records_or_exit
     from logprobs import completion_logps
     from model import freeze_vision, load_policy
@@ -127,8 +130,9 @@ def kl_response(seed):
     torch.manual_seed(seed)
     policy, processor = load_policy(T.init_from)
     freeze_vision(policy)
-    chosen = T.draw_prompts(read_records_or_exit(T.train_data), random.Random(seed), prompts, {})
-    rollout = T.sample_groups(policy, processor, chosen, [p["frames"] for p in chosen])
+    s = T.settings()
+    chosen = draw_prompts(s, read_records_or_exit(T.train_data), random.Random(seed), prompts, {})
+    rollout = sample_groups(s, policy, processor, chosen, [p["frames"] for p in chosen])
     G, n = T.group_size, len(rollout.texts)
     adv, batch, ids = group_advantages(rollout.rewards, G), rollout.logp_batch(), torch.arange(n) // G
     mask = batch["completion_mask"]
