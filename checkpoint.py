@@ -98,7 +98,19 @@ def switch_link(out_dir, link, target):
 
 
 def export_model(out_dir, model, processor, dtype, step, sharded):
-    """out_dir/model: the policy as a save_pretrained folder with weights in `dtype`.
+    """out_dir/model: the policy as a save_pretrained folder (out_dir/model-<step>) with weights in `dtype`."""
+    name = f"model-{step:06d}"
+    folder = os.path.join(out_dir, name)
+    if rank() == 0 and os.path.exists(folder):
+        shutil.rmtree(folder)
+    save_full_model(folder, model, processor, dtype, sharded)
+    if rank() == 0:
+        switch_link(out_dir, "model", name)
+    barrier()
+
+
+def save_full_model(folder, model, processor, dtype, sharded):
+    """The policy and processor as a save_pretrained folder, weights in `dtype`; every rank calls this.
 
     Under FSDP2 the full weights are gathered once, onto rank 0's CPU memory; rank 0 writes.
     """
@@ -108,10 +120,7 @@ def export_model(out_dir, model, processor, dtype, step, sharded):
     elif rank() == 0:
         weights = unwrap(model).state_dict()
     if rank() == 0:
-        policy, name = unwrap(model), f"model-{step:06d}"
-        folder = os.path.join(out_dir, name)
-        if os.path.exists(folder):
-            shutil.rmtree(folder)
+        policy = unwrap(model)
         weights = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype) for k, v in weights.items()}
         master_dtype, policy.config.dtype = policy.config.dtype, dtype
         try:
@@ -119,7 +128,6 @@ def export_model(out_dir, model, processor, dtype, step, sharded):
         finally:
             policy.config.dtype = master_dtype
         processor.save_pretrained(folder)
-        switch_link(out_dir, "model", name)
     barrier()
 
 

@@ -81,6 +81,15 @@ def mean_over_ranks(value):
     return t.item() / dist.get_world_size()
 
 
+def all_reduce_sum(t):
+    """The sum of a tensor over ranks (itself in one process); autograd does not flow through it."""
+    if not dist.is_initialized():
+        return t
+    t = t.detach().to(collective_device()).clone()
+    dist.all_reduce(t)
+    return t
+
+
 def any_rank(flag):
     """True if `flag` is true on any rank (keeps the ranks' generate calls in step under FSDP2)."""
     if not dist.is_initialized():

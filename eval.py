@@ -122,10 +122,11 @@ def all_gather_objects(obj):
 
 
 def eval_key(model_dir, data_path, n_questions, max_new_tokens, num_frames, max_pixels, fps, sampler, dtype,
-             device, batch_size=64):
+             device, batch_size=64, ranks=1):
     """What a greedy evaluation's result depends on, as JSON-ready lists: the weight files (name, size,
     mtime), the split's file, the number of questions, the answer budget, the video settings, the
-    sampler, the dtype, the device type and the batch width (a batch's padding can move float sums)."""
+    sampler, the dtype, the device type, the batch width and the number of ranks sharing the questions
+    (both decide which questions share a batch, whose padding can move float sums)."""
     def stamp(path):
         st = os.stat(path)
         return [st.st_size, st.st_mtime_ns]
@@ -134,7 +135,7 @@ def eval_key(model_dir, data_path, n_questions, max_new_tokens, num_frames, max_
     data = [os.path.abspath(data_path), *stamp(data_path)]
     return {"weights": weights, "data": data, "questions": n_questions, "max_new_tokens": max_new_tokens,
             "num_frames": num_frames, "max_pixels": max_pixels, "fps": fps, "sampler": sampler,
-            "dtype": str(dtype), "device": torch.device(device).type, "batch_size": batch_size}
+            "dtype": str(dtype), "device": torch.device(device).type, "batch_size": batch_size, "ranks": ranks}
 
 
 def saved_eval(model_dir, key):

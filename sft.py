@@ -8,6 +8,10 @@ RL's rewards use the truth.
 
     python sft.py                                    # tiny model from scratch -> out/tiny-sft
     python sft.py --init_from=Qwen/Qwen2.5-VL-3B-Instruct --device=cuda --dtype=bfloat16 ...
+    torchrun --nproc_per_node=8 sft.py --init_from=... --device=cuda --dtype=bfloat16 --distributed=fsdp
+
+Under torchrun every rank draws the same batch of `batch_size` and trains on its share of it; the loss
+is divided by the whole batch's completion tokens, so the gradient is the single-process one.
 
 The result is a save_pretrained folder (model + processor) that `train.py --init_from=...` loads.
 """
@@ -20,8 +24,10 @@ import time
 
 import torch
 
+from checkpoint import barrier, save_full_model, unwrap
 from configurator import DTYPES, configure, video_problems, writable_dir
 from dataset import format_question, load_samples, read_records_or_exit
+from distributed import all_reduce_sum, leave_process_group, setup_distributed, wrap_policy
 from logprobs import completion_logps
 from model import freeze_vision as freeze_vision_tower, load_policy, source_problem, tiny_qwen25vl
 from rollout import SYSTEM_PROMPT, encode_prompts, join_prompt_completion, reference_completion, to_device
@@ -47,9 +53,10 @@ max_pixels = 112 * 112
 fps = None                    # frames sampled at this rate (at most num_frames); None: spread over the clip
 device = "cpu"
 dtype = "float32"
+distributed = "ddp"           # ddp | fsdp (torchrun only)
 seed = 0
 # -----------------------------------------------------------------------------
-CHOICES = {"dtype": DTYPES}
+CHOICES = {"dtype": DTYPES, "distributed": ("ddp", "fsdp")}
 
 
 def setting_problems(c):
@@ -107,49 +114,66 @@ def lr_at(step):
 
 
 def main():
+    global device
     config = configure(globals(), sys.argv[1:], CHOICES, setting_problems)
+    rank, local_rank, world_size = setup_distributed(device)
+    if device.startswith("cuda") and world_size > 1:
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    master, sharded = rank == 0, distributed == "fsdp" and world_size > 1
+    say = print if master else (lambda *a, **k: None)
     torch.manual_seed(seed)
-    rng = random.Random(seed)
+    rng = random.Random(seed)                # the same on every rank: all ranks draw the same batches
     records = read_records_or_exit(train_data)
     require_batch(records, "records")
+    init_dir = init_from
     if init_from == "tiny":
-        init_dir = tiny_qwen25vl(os.path.join(out_dir, "init"), texts=corpus_texts(records), seed=seed)
-    else:
-        init_dir = init_from
+        init_dir = os.path.join(out_dir, "init")
+        if master:
+            tiny_qwen25vl(init_dir, texts=corpus_texts(records), seed=seed)
+        barrier()
     policy, processor = load_policy(init_dir, dtype=getattr(torch, dtype), device=device)
     if freeze_vision:
         freeze_vision_tower(policy)
-    samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels, fps=fps)
+    samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels, fps=fps, log=say)
     require_batch(samples, "records with a readable video")
     val = load_samples(read_records_or_exit(val_data)[:eval_samples], num_frames=num_frames, max_pixels=max_pixels,
-                       fps=fps)
-    params = [p for p in policy.parameters() if p.requires_grad]
+                       fps=fps, log=say)
+    model = wrap_policy(policy, device, world_size, distributed, dtype)
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    policy.train()
+    model.train()
     t0 = time.time()
     for step in range(max_steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        batch = to_device(sft_batch(processor, rng.sample(samples, batch_size)), device)
-        logps = completion_logps(policy, batch)                                  # (B, T)
+        picked = rng.sample(samples, batch_size)
+        batch = to_device(sft_batch(processor, picked[rank::world_size]), device)
+        logps = completion_logps(model, batch)                                   # (B / ranks, T)
         mask = batch["completion_mask"].float()
-        loss = -(logps * mask).sum() / mask.sum()
+        # DDP and FSDP2 average the ranks' gradients: times world_size over the batch's tokens is the sum
+        tokens = all_reduce_sum(mask.sum().detach())
+        loss = -(logps * mask).sum() * world_size / tokens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         if step % 50 == 0 or step == max_steps - 1:
-            print(f"sft step {step:4d}  loss {loss.item():.4f}  lr {lr_at(step):.2e}  {time.time() - t0:.0f}s",
-                  flush=True)
-    os.makedirs(out_dir, exist_ok=True)
-    policy.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    results = evaluate(policy, processor, val, max_new_tokens=max_new_tokens)
-    print(format_table(results))
-    key = eval_key(out_dir, val_data, len(val), max_new_tokens, num_frames, max_pixels, fps, "auto", dtype, device)
-    with open(os.path.join(out_dir, "sft_summary.json"), "w") as f:
-        json.dump({"config": config, "val": results, "eval_key": key, "seconds": time.time() - t0}, f, indent=2)
-    print(f"SFT done: val accuracy {results['all']['accuracy']:.3f} -> {out_dir}")
+            say(f"sft step {step:4d}  loss {all_reduce_sum(loss.detach()).item() / world_size:.4f}  "
+                f"lr {lr_at(step):.2e}  {time.time() - t0:.0f}s", flush=True)
+    save_full_model(out_dir, model, processor, getattr(torch, dtype), sharded)
+    model.eval()
+    results = evaluate(model if sharded else unwrap(model), processor, val, max_new_tokens=max_new_tokens,
+                       rank=rank, world_size=world_size)
+    if master:
+        print(format_table(results))
+        key = eval_key(out_dir, val_data, len(val), max_new_tokens, num_frames, max_pixels, fps, "auto", dtype,
+                       device, ranks=world_size)
+        with open(os.path.join(out_dir, "sft_summary.json"), "w") as f:
+            json.dump({"config": config, "val": results, "eval_key": key, "seconds": time.time() - t0}, f, indent=2)
+        print(f"SFT done: val accuracy {results['all']['accuracy']:.3f} -> {out_dir}")
+    if world_size > 1:
+        leave_process_group()
 
 
 if __name__ == "__main__":

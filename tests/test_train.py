@@ -94,6 +94,36 @@ def test_torchrun_two_ranks_stay_in_sync(tiny, tmp_path, mode):
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_sft_on_two_ranks_trains_the_one_process_model(tiny, tmp_path, mode):
+    """Every rank draws the same batch of 5 and trains on its share (3 and 2 records); the loss is divided
+    by the whole batch's tokens, so two ranks end with one process's weights, up to float rounding."""
+    from safetensors.torch import load_file
+    d = tiny["data"]
+    args = ["sft.py", f"--train_data={d}/train.jsonl", f"--val_data={d}/val.jsonl", "--max_steps=4",
+            "--batch_size=5", "--eval_samples=4", "--learning_rate=3e-3", "--warmup_steps=0"]
+    one = run([*args, f"--out_dir={tmp_path / 'one'}"])
+    two = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
+               f"--out_dir={tmp_path / 'two'}", f"--distributed={mode}"])
+    losses = [re.findall(r"sft step +3 +loss ([0-9.]+)", p.stdout) for p in (one, two)]
+    assert len(losses[0]) == 1 and losses[0] == losses[1], (one.stdout[-1500:], two.stdout[-1500:])
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert a.keys() == b.keys()
+    init = load_file(tmp_path / "one" / "init" / "model.safetensors")
+    assert any(not torch.equal(a[k], init[k]) for k in a), "4 SFT steps changed nothing"
+    # AdamW divides by sqrt(v): on coordinates whose gradient is near 0 rounding moves a step visibly, so
+    # the bound is on the whole change: a rank training on the wrong share, or dividing by its own tokens,
+    # moves the weights by a part of the update itself (about 1e-1 of it), not 1e-4
+    change = sum((a[k] - init[k]).double().pow(2).sum() for k in a).sqrt()
+    apart = sum((a[k] - b[k]).double().pow(2).sum() for k in a).sqrt()
+    assert apart < 1e-4 * change, (apart, change)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=k)
+    for name, ranks in (("one", 1), ("two", 2)):
+        summary = json.load(open(tmp_path / name / "sft_summary.json"))
+        assert summary["eval_key"]["ranks"] == ranks and summary["val"]["all"]["n"] == 4
+
+
 def test_bad_config_key_and_bad_data_path_fail_clearly(tiny, tmp_path):
     proc = run(["train.py", "--lerning_rate=1e-3"], check=False)
     assert proc.returncode != 0 and "unknown setting 'lerning_rate'" in proc.stderr
