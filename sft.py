@@ -11,9 +11,12 @@ RL's rewards use the truth.
     torchrun --nproc_per_node=8 sft.py --init_from=... --device=cuda --dtype=bfloat16 --distributed=fsdp
 
 Under torchrun every rank draws the same batch of `batch_size` and trains on its share of it; the loss
-is divided by the whole batch's completion tokens, so the gradient is the single-process one.
+is divided by the whole batch's completion tokens, so the gradient is the single-process one. As in
+train.py, `dtype` is the compute dtype (autocast) and `master_dtype` that of the trained weights and
+AdamW states, float32 unless set; `--gradient_checkpointing=True` recomputes activations in backward.
 
-The result is a save_pretrained folder (model + processor) that `train.py --init_from=...` loads.
+The result is a save_pretrained folder (model + processor, weights in `dtype`) that
+`train.py --init_from=...` loads.
 """
 import json
 import math
@@ -21,6 +24,7 @@ import os
 import random
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -29,8 +33,10 @@ from configurator import DTYPES, configure, video_problems, writable_dir
 from dataset import format_question, load_samples, read_records_or_exit
 from distributed import all_reduce_sum, leave_process_group, setup_distributed, wrap_policy
 from logprobs import completion_logps
-from model import freeze_vision as freeze_vision_tower, load_policy, source_problem, tiny_qwen25vl
+from model import enable_gradient_checkpointing, freeze_vision as freeze_vision_tower, load_policy, source_problem
+from model import tiny_qwen25vl
 from rollout import SYSTEM_PROMPT, encode_prompts, join_prompt_completion, reference_completion, to_device
+from step import autocast
 from eval import eval_key, evaluate, format_table
 
 # -----------------------------------------------------------------------------
@@ -52,11 +58,13 @@ num_frames = 8
 max_pixels = 112 * 112
 fps = None                    # frames sampled at this rate (at most num_frames); None: spread over the clip
 device = "cpu"
-dtype = "float32"
+dtype = "float32"             # compute dtype (bfloat16 on GPUs) and the saved weights' dtype
+master_dtype = "float32"      # trained weights, gradients, AdamW states; bfloat16 to save memory
 distributed = "ddp"           # ddp | fsdp (torchrun only)
+gradient_checkpointing = False
 seed = 0
 # -----------------------------------------------------------------------------
-CHOICES = {"dtype": DTYPES, "distributed": ("ddp", "fsdp")}
+CHOICES = {"dtype": DTYPES, "master_dtype": DTYPES, "distributed": ("ddp", "fsdp")}
 
 
 def setting_problems(c):
@@ -132,9 +140,12 @@ def main():
         if master:
             tiny_qwen25vl(init_dir, texts=corpus_texts(records), seed=seed)
         barrier()
-    policy, processor = load_policy(init_dir, dtype=getattr(torch, dtype), device=device)
+    policy, processor = load_policy(init_dir, dtype=getattr(torch, master_dtype), device=device)
     if freeze_vision:
         freeze_vision_tower(policy)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    compute = autocast(SimpleNamespace(dtype=dtype, master_dtype=master_dtype, distributed=distributed, device=device))
     samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels, fps=fps, log=say)
     require_batch(samples, "records with a readable video")
     val = load_samples(read_records_or_exit(val_data)[:eval_samples], num_frames=num_frames, max_pixels=max_pixels,
@@ -149,7 +160,8 @@ def main():
             group["lr"] = lr_at(step)
         picked = rng.sample(samples, batch_size)
         batch = to_device(sft_batch(processor, picked[rank::world_size]), device)
-        logps = completion_logps(model, batch)                                   # (B / ranks, T)
+        with compute:
+            logps = completion_logps(model, batch)                               # (B / ranks, T), float32
         mask = batch["completion_mask"].float()
         # DDP and FSDP2 average the ranks' gradients: times world_size over the batch's tokens is the sum
         tokens = all_reduce_sum(mask.sum().detach())
@@ -163,12 +175,14 @@ def main():
                 f"lr {lr_at(step):.2e}  {time.time() - t0:.0f}s", flush=True)
     save_full_model(out_dir, model, processor, getattr(torch, dtype), sharded)
     model.eval()
-    results = evaluate(model if sharded else unwrap(model), processor, val, max_new_tokens=max_new_tokens,
-                       rank=rank, world_size=world_size)
+    with compute:
+        results = evaluate(model if sharded else unwrap(model), processor, val, max_new_tokens=max_new_tokens,
+                           rank=rank, world_size=world_size)
     if master:
         print(format_table(results))
+        # train.py reuses this evaluation only where it would compute the same: no autocast
         key = eval_key(out_dir, val_data, len(val), max_new_tokens, num_frames, max_pixels, fps, "auto", dtype,
-                       device, ranks=world_size)
+                       device, ranks=world_size) if dtype == master_dtype else None
         with open(os.path.join(out_dir, "sft_summary.json"), "w") as f:
             json.dump({"config": config, "val": results, "eval_key": key, "seconds": time.time() - t0}, f, indent=2)
         print(f"SFT done: val accuracy {results['all']['accuracy']:.3f} -> {out_dir}")

@@ -124,6 +124,26 @@ def test_sft_on_two_ranks_trains_the_one_process_model(tiny, tmp_path, mode):
         assert summary["eval_key"]["ranks"] == ranks and summary["val"]["all"]["n"] == 4
 
 
+def test_sft_checkpointing_changes_nothing_and_autocast_keeps_float32_masters(tiny, tmp_path):
+    """Recomputed activations give the same weights; bf16 compute over float32 weights trains, saves
+    bf16 weights (the compute dtype) and leaves no evaluation for train.py to reuse."""
+    from safetensors.torch import load_file
+    d = tiny["data"]
+    args = ["sft.py", f"--train_data={d}/train.jsonl", f"--val_data={d}/val.jsonl", "--max_steps=3",
+            "--batch_size=4", "--eval_samples=2", "--learning_rate=3e-3", "--warmup_steps=0"]
+    runs = {name: run([*args, f"--out_dir={tmp_path / name}", *extra]) for name, extra in (
+        ("plain", []), ("checkpointed", ["--gradient_checkpointing=True"]), ("bf16", ["--dtype=bfloat16"]))}
+    weights = {name: load_file(tmp_path / name / "model.safetensors") for name in runs}
+    for k, v in weights["plain"].items():
+        torch.testing.assert_close(weights["checkpointed"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert {v.dtype for v in weights["bf16"].values()} == {torch.bfloat16}
+    assert {v.dtype for v in weights["plain"].values()} == {torch.float32}
+    loss = {name: float(re.findall(r"sft step +2 +loss ([0-9.]+)", p.stdout)[0]) for name, p in runs.items()}
+    assert loss["bf16"] == pytest.approx(loss["plain"], rel=0.05) and loss["bf16"] != loss["plain"]
+    assert json.load(open(tmp_path / "bf16" / "sft_summary.json"))["eval_key"] is None
+    assert json.load(open(tmp_path / "plain" / "sft_summary.json"))["eval_key"]["dtype"] == "float32"
+
+
 def test_bad_config_key_and_bad_data_path_fail_clearly(tiny, tmp_path):
     proc = run(["train.py", "--lerning_rate=1e-3"], check=False)
     assert proc.returncode != 0 and "unknown setting 'lerning_rate'" in proc.stderr
