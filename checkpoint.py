@@ -74,6 +74,19 @@ def save_checkpoint(out_dir, model, optimizer, state, sharded):
     barrier()
 
 
+def remove_checkpoint(out_dir):
+    """Delete out_dir's checkpoint (either kind); rank 0 deletes, every rank calls this."""
+    if rank() == 0:
+        for entry in os.listdir(out_dir):
+            path = os.path.join(out_dir, entry)
+            if entry in ("ckpt.pt", "ckpt.pt.tmp", "ckpt", "ckpt.tmp") or entry.startswith("ckpt-"):
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+    barrier()
+
+
 def kill_if_asked(step):
     if os.environ.get(KILL_BEFORE_COMMIT) == str(step):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -28,7 +28,8 @@ from types import SimpleNamespace
 
 import torch
 
-from checkpoint import barrier, save_full_model, unwrap
+from checkpoint import (barrier, checkpoint_path, load_states, remove_checkpoint, rng_state, safe_load, save_checkpoint,
+                        save_full_model, set_rng_state, unwrap)
 from configurator import DTYPES, configure, video_problems, writable_dir
 from dataset import format_question, load_samples, read_records_or_exit
 from distributed import all_reduce_sum, leave_process_group, setup_distributed, wrap_policy
@@ -41,6 +42,8 @@ from eval import eval_key, evaluate, format_table
 
 # -----------------------------------------------------------------------------
 out_dir = "out/tiny-sft"
+resume = False                # continue the unfinished run whose checkpoint out_dir holds
+checkpoint_interval = 200     # steps; a killed run loses at most this many (the checkpoint goes when the run ends)
 init_from = "tiny"            # "tiny": random-init tiny Qwen2.5-VL, tokenizer trained on the data
 train_data = "data/synthetic/sft.jsonl"   # the teacher's demonstrations (see data/synthetic/prepare.py)
 val_data = "data/synthetic/val.jsonl"
@@ -71,6 +74,7 @@ def setting_problems(c):
     """Ranges, as (holds, message); out_dir and init_from checked before anything is loaded."""
     return video_problems(c) + [
         (c["max_steps"] >= 1, f"max_steps={c['max_steps']}: need >= 1"),
+        (c["checkpoint_interval"] >= 1, f"checkpoint_interval={c['checkpoint_interval']}: need >= 1 step"),
         (c["batch_size"] >= 1, f"batch_size={c['batch_size']}: need >= 1"),
         (c["learning_rate"] > 0, f"learning_rate={c['learning_rate']}: need > 0"),
         (0 <= c["min_lr_ratio"] <= 1, f"min_lr_ratio={c['min_lr_ratio']}: need 0..1"),
@@ -121,6 +125,22 @@ def lr_at(step):
     return learning_rate * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def saved_run(sharded):
+    """The run state of the checkpoint to resume from (None for a fresh run); a fresh run refuses an
+    out_dir whose unfinished run left a checkpoint."""
+    path = checkpoint_path(out_dir, sharded)
+    left = [p for p in (checkpoint_path(out_dir, False), os.path.join(out_dir, "ckpt")) if os.path.lexists(p)]
+    if not resume:
+        if left:
+            raise SystemExit(f"{out_dir}: holds an unfinished SFT run ({left[0]}); continue it with --resume=True, "
+                             "or remove it or choose another --out_dir")
+        return None
+    if not os.path.exists(path):
+        kind = f" (it holds {left[0]}: resume with the --distributed setting that wrote it)" if left else ""
+        raise SystemExit(f"{path}: no checkpoint to resume from{kind}")
+    return safe_load(path)
+
+
 def main():
     global device
     config = configure(globals(), sys.argv[1:], CHOICES, setting_problems)
@@ -130,6 +150,7 @@ def main():
         torch.cuda.set_device(device)
     master, sharded = rank == 0, distributed == "fsdp" and world_size > 1
     say = print if master else (lambda *a, **k: None)
+    saved = saved_run(sharded)
     torch.manual_seed(seed)
     rng = random.Random(seed)                # the same on every rank: all ranks draw the same batches
     records = read_records_or_exit(train_data)
@@ -137,7 +158,7 @@ def main():
     init_dir = init_from
     if init_from == "tiny":
         init_dir = os.path.join(out_dir, "init")
-        if master:
+        if master and not (saved and os.path.isfile(os.path.join(init_dir, "config.json"))):
             tiny_qwen25vl(init_dir, texts=corpus_texts(records), seed=seed)
         barrier()
     policy, processor = load_policy(init_dir, dtype=getattr(torch, master_dtype), device=device)
@@ -153,9 +174,17 @@ def main():
     model = wrap_policy(policy, device, world_size, distributed, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    first = 0
+    if saved:
+        # the batches are drawn from rng alone (every rank the same), so its state is the run's position;
+        # any number of ranks may resume: each takes its share of the same batch
+        load_states(out_dir, model, optimizer, saved, sharded)
+        set_rng_state(saved["rng"], rng, torch.Generator())
+        first = saved["step"]
+        say(f"resumed from {checkpoint_path(out_dir, sharded)} at step {first}")
     model.train()
     t0 = time.time()
-    for step in range(max_steps):
+    for step in range(first, max_steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         picked = rng.sample(samples, batch_size)
@@ -173,6 +202,10 @@ def main():
         if step % 50 == 0 or step == max_steps - 1:
             say(f"sft step {step:4d}  loss {all_reduce_sum(loss.detach()).item() / world_size:.4f}  "
                 f"lr {lr_at(step):.2e}  {time.time() - t0:.0f}s", flush=True)
+        if (step + 1) % checkpoint_interval == 0 and step + 1 < max_steps:
+            os.makedirs(out_dir, exist_ok=True)
+            save_checkpoint(out_dir, model, optimizer, {"step": step + 1, "rng": rng_state(rng, torch.Generator()),
+                                                        "world_size": world_size, "config": config}, sharded)
     save_full_model(out_dir, model, processor, getattr(torch, dtype), sharded)
     model.eval()
     with compute:
@@ -186,6 +219,7 @@ def main():
         with open(os.path.join(out_dir, "sft_summary.json"), "w") as f:
             json.dump({"config": config, "val": results, "eval_key": key, "seconds": time.time() - t0}, f, indent=2)
         print(f"SFT done: val accuracy {results['all']['accuracy']:.3f} -> {out_dir}")
+    remove_checkpoint(out_dir)                   # the run is complete: out_dir holds its result
     if world_size > 1:
         leave_process_group()
 

@@ -189,8 +189,11 @@ def ensure_embedded_default(rank):
         print(f"{missing[0]} not found: generating the synthetic benchmark (data/synthetic/prepare.py)")
         subprocess.run([sys.executable, "data/synthetic/prepare.py"], check=True)
     if rank == 0 and init_from == EMBEDDED_SFT and not os.path.exists(os.path.join(init_from, "config.json")):
-        print(f"{init_from} not found: running the SFT warm start first (python sft.py)")
-        subprocess.run([sys.executable, "sft.py", f"--device={device}"], check=True)
+        unfinished = os.path.exists(os.path.join(init_from, "ckpt.pt"))       # a killed SFT run: continue it
+        print(f"{init_from} not found: {'continuing' if unfinished else 'running'} the SFT warm start first "
+              f"(python sft.py{' --resume=True' if unfinished else ''})")
+        subprocess.run([sys.executable, "sft.py", f"--device={device}", *(["--resume=True"] if unfinished else [])],
+                       check=True)
     if dist.is_initialized():
         dist.barrier()
 

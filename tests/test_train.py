@@ -97,14 +97,20 @@ def test_torchrun_two_ranks_stay_in_sync(tiny, tmp_path, mode):
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_sft_on_two_ranks_trains_the_one_process_model(tiny, tmp_path, mode):
     """Every rank draws the same batch of 5 and trains on its share (3 and 2 records); the loss is divided
-    by the whole batch's tokens, so two ranks end with one process's weights, up to float rounding."""
+    by the whole batch's tokens, so two ranks end with one process's weights, up to float rounding, also
+    when killed while checkpointing and resumed."""
     from safetensors.torch import load_file
     d = tiny["data"]
     args = ["sft.py", f"--train_data={d}/train.jsonl", f"--val_data={d}/val.jsonl", "--max_steps=4",
             "--batch_size=5", "--eval_samples=4", "--learning_rate=3e-3", "--warmup_steps=0"]
     one = run([*args, f"--out_dir={tmp_path / 'one'}"])
-    two = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
-               f"--out_dir={tmp_path / 'two'}", f"--distributed={mode}"])
+    # the two-rank run is killed while saving step 3's checkpoint and resumed from step 2's
+    two_ranks = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
+                 f"--out_dir={tmp_path / 'two'}", f"--distributed={mode}", "--checkpoint_interval=1"]
+    killed = run(two_ranks, env={"CKPT_KILL_BEFORE_COMMIT": "3"}, check=False)
+    assert killed.returncode != 0 and os.path.lexists(tmp_path / "two" / ("ckpt.pt" if mode == "ddp" else "ckpt"))
+    two = run([*two_ranks, "--resume=True"])
+    assert "at step 2" in two.stdout and not os.path.lexists(tmp_path / "two" / "ckpt")
     losses = [re.findall(r"sft step +3 +loss ([0-9.]+)", p.stdout) for p in (one, two)]
     assert len(losses[0]) == 1 and losses[0] == losses[1], (one.stdout[-1500:], two.stdout[-1500:])
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
@@ -142,6 +148,31 @@ def test_sft_checkpointing_changes_nothing_and_autocast_keeps_float32_masters(ti
     assert loss["bf16"] == pytest.approx(loss["plain"], rel=0.05) and loss["bf16"] != loss["plain"]
     assert json.load(open(tmp_path / "bf16" / "sft_summary.json"))["eval_key"] is None
     assert json.load(open(tmp_path / "plain" / "sft_summary.json"))["eval_key"]["dtype"] == "float32"
+
+
+def test_sft_killed_while_saving_resumes_to_the_straight_runs_weights(tiny, tmp_path):
+    """Killed while saving step 4's checkpoint: a fresh run refuses the folder, --resume=True continues
+    from step 2 and ends with the weights of a run never killed; a finished run leaves no checkpoint."""
+    from safetensors.torch import load_file
+    d = tiny["data"]
+    args = ["sft.py", f"--train_data={d}/train.jsonl", f"--val_data={d}/val.jsonl", "--max_steps=6",
+            "--batch_size=4", "--eval_samples=2", "--learning_rate=3e-3", "--checkpoint_interval=2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run([*args, f"--out_dir={straight}"])
+    assert not os.path.exists(straight / "ckpt.pt") and os.path.exists(straight / "model.safetensors")
+    proc = run([*args, f"--out_dir={killed}"], env={"CKPT_KILL_BEFORE_COMMIT": "4"}, check=False)
+    assert proc.returncode == -9 and os.path.exists(killed / "ckpt.pt")
+    assert torch.load(killed / "ckpt.pt", weights_only=True)["step"] == 2
+    proc = run([*args, f"--out_dir={killed}"], check=False)
+    assert proc.returncode != 0 and "holds an unfinished SFT run" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run([*args, f"--out_dir={killed}", "--resume=True"])
+    assert "at step 2" in proc.stdout and not re.search(r"sft step +0 ", proc.stdout)
+    assert not os.path.exists(killed / "ckpt.pt") and not os.path.exists(killed / "ckpt.pt.tmp")
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    proc = run([*args, f"--out_dir={tmp_path / 'none'}", "--resume=True"], check=False)
+    assert proc.returncode != 0 and "no checkpoint to resume from" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_config_key_and_bad_data_path_fail_clearly(tiny, tmp_path):
