@@ -187,15 +187,21 @@ def ensure_embedded_default(rank):
     missing = [p for p in (train_data, EMBEDDED_SFT_DATA) if not os.path.exists(p)]
     if rank == 0 and train_data == EMBEDDED_DATA and missing:
         print(f"{missing[0]} not found: generating the synthetic benchmark (data/synthetic/prepare.py)")
-        subprocess.run([sys.executable, "data/synthetic/prepare.py"], check=True)
+        run_or_exit(["data/synthetic/prepare.py"])
     if rank == 0 and init_from == EMBEDDED_SFT and not os.path.exists(os.path.join(init_from, "config.json")):
-        unfinished = os.path.exists(os.path.join(init_from, "ckpt.pt"))       # a killed SFT run: continue it
-        print(f"{init_from} not found: {'continuing' if unfinished else 'running'} the SFT warm start first "
-              f"(python sft.py{' --resume=True' if unfinished else ''})")
-        subprocess.run([sys.executable, "sft.py", f"--device={device}", *(["--resume=True"] if unfinished else [])],
-                       check=True)
+        resume_sft = ["--resume=True"] if os.path.exists(os.path.join(init_from, "ckpt.pt")) else []  # killed
+        print(f"{init_from} not found: running the SFT warm start first (python {' '.join(['sft.py', *resume_sft])})")
+        run_or_exit(["sft.py", f"--device={device}", *resume_sft])
     if dist.is_initialized():
         dist.barrier()
+
+
+def run_or_exit(args):
+    """Run one of the project's scripts; when it fails, stop with its name (it printed its own reason)."""
+    code = subprocess.run([sys.executable, *args]).returncode
+    if code != 0:
+        raise SystemExit(f"python {' '.join(args)} failed ({f'signal {-code}' if code < 0 else f'exit code {code}'}); "
+                         "python train.py again continues a killed SFT run from its last checkpoint")
 
 
 def sft_eval_of_start(n_questions):
