@@ -260,3 +260,14 @@ def test_step_zero_reuses_sft_evaluation_only_when_it_would_repeat_it(tiny, tmp_
                         "cpu") != key
     finally:
         os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns - 1))
+
+
+def test_a_failed_step_of_the_embedded_default_stops_with_one_line():
+    import train
+    with pytest.raises(SystemExit) as e:
+        train.run_or_exit(["-c", "import sys; sys.exit(3)"])
+    assert "failed (exit code 3)" in str(e.value) and "continues a killed SFT run" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        train.run_or_exit(["-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    assert "failed (signal 9)" in str(e.value)
+    train.run_or_exit(["-c", "pass"])                       # success returns quietly
