@@ -82,9 +82,9 @@ def mean_over_ranks(value):
 
 
 def all_reduce_sum(t):
-    """The sum of a tensor over ranks (itself in one process); autograd does not flow through it."""
+    """The sum of a tensor over ranks (itself in one process), detached: autograd does not flow through it."""
     if not dist.is_initialized():
-        return t
+        return t.detach()
     t = t.detach().to(collective_device()).clone()
     dist.all_reduce(t)
     return t

@@ -193,14 +193,14 @@ def main():
             logps = completion_logps(model, batch)                               # (B / ranks, T), float32
         mask = batch["completion_mask"].float()
         # DDP and FSDP2 average the ranks' gradients: times world_size over the batch's tokens is the sum
-        tokens = all_reduce_sum(mask.sum().detach())
+        tokens = all_reduce_sum(mask.sum())
         loss = -(logps * mask).sum() * world_size / tokens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         if step % 50 == 0 or step == max_steps - 1:
-            say(f"sft step {step:4d}  loss {all_reduce_sum(loss.detach()).item() / world_size:.4f}  "
+            say(f"sft step {step:4d}  loss {all_reduce_sum(loss).item() / world_size:.4f}  "
                 f"lr {lr_at(step):.2e}  {time.time() - t0:.0f}s", flush=True)
         if (step + 1) % checkpoint_interval == 0 and step + 1 < max_steps:
             os.makedirs(out_dir, exist_ok=True)
