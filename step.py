@@ -1,8 +1,8 @@
 """
-One RL step as train.py runs it: draw its prompts (videos decoded, unreadable ones skipped), sample G answers per prompt with
-difficulty-aware augmentation (sample -> ask difficulty.py which groups to redo, on what video or
-with what hint -> re-sample -> splice), then the policy update (`num_iterations` passes of Reg-GRPO,
-GRPO or REBEL over the rollout).
+One RL step as train.py runs it: draw its prompts (videos decoded, unreadable ones skipped), sample
+G answers per prompt with difficulty-aware augmentation (sample -> ask difficulty.py which groups to
+redo, on what video or with what hint -> re-sample -> splice), then the policy update
+(`num_iterations` passes of Reg-GRPO, GRPO or REBEL over the rollout).
 
 `s` is a namespace of train.py's settings (train.settings(); its config block says what each does).
 """
