@@ -69,6 +69,7 @@ def configure(module_globals, argv, choices=None, setting_problems=None):
             for key, value in preset.items():
                 if not key.startswith("_"):
                     check_and_set(config, key, value, arg)
+    resolve_auto(config)
     check_settings(config, choices or {}, setting_problems)
     module_globals.update(config)
     return config
@@ -114,6 +115,16 @@ def device_ok(device):
         return False
     import torch
     return torch.cuda.is_available()
+
+
+def resolve_auto(config):
+    """device="auto": cuda when torch sees a GPU, else cpu; dtype="auto": bfloat16 on cuda, float32 on cpu
+    (the compute dtype; master_dtype stays as set). Resolved in place before the settings are checked."""
+    if config.get("device") == "auto":
+        import torch
+        config["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if config.get("dtype") == "auto":
+        config["dtype"] = "bfloat16" if str(config.get("device", "cpu")).startswith("cuda") else "float32"
 
 
 def video_problems(c):

@@ -28,13 +28,15 @@ max_samples = 0               # 0: all
 samples_per_question = 1      # 1: greedy; n > 1: n answers at `temperature`, accuracy averaged
 temperature = 1.0
 sampler = "auto"              # fast (sampler.py) | hf (transformers' generate) | auto (fast)
+decode_compile = True         # fast sampler on CUDA: torch.compile its decode step
+decode_graph = True           # fast sampler on CUDA: capture its decode step in a CUDA graph
 batch_size = 64              # questions per generate call; wider is faster on CPU, same greedy answers
 max_new_tokens = 64
 num_frames = 8
 max_pixels = 112 * 112
 fps = None                    # frames sampled at this rate (at most num_frames); None: spread over the clip
-device = "cpu"
-dtype = "float32"
+device = "auto"               # auto: cuda when a GPU is visible, else cpu
+dtype = "auto"                # auto: bfloat16 on cuda, float32 on cpu
 seed = 0
 # -----------------------------------------------------------------------------
 CHOICES = {"dtype": DTYPES, "sampler": ("auto", "fast", "hf")}
@@ -79,7 +81,7 @@ def difficulty_bucket(record):
 
 @torch.no_grad()
 def evaluate(policy, processor, samples, batch_size=64, max_new_tokens=64, samples_per_question=1,
-             temperature=1.0, rank=0, world_size=1, sampler="auto"):
+             temperature=1.0, rank=0, world_size=1, sampler="auto", decode_compile=True, decode_graph=True):
     """Accuracy and format rate over `samples` (records with decoded "frames" and their "times").
 
     Under torchrun each rank answers a strided shard and the counts are summed; every rank runs the
@@ -96,7 +98,8 @@ def evaluate(policy, processor, samples, batch_size=64, max_new_tokens=64, sampl
         rollout = generate_rollout(policy, processor, batch, [s["frames"] for s in batch],
                                    samples_per_question, max_new_tokens=max_new_tokens,
                                    temperature=temperature, greedy=greedy,
-                                   synced_gpus=world_size > 1, sampler=sampler)
+                                   synced_gpus=world_size > 1, sampler=sampler, decode_compile=decode_compile,
+                                   decode_graph=decode_graph)
         acc = rollout.accuracy.view(len(batch), -1).mean(1)
         fmt = rollout.format.view(len(batch), -1).mean(1)
         for s, a, f in list(zip(batch, acc.tolist(), fmt.tolist()))[:real]:
@@ -187,7 +190,7 @@ def main():
     samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels, fps=fps, skipped=skipped)
     samples = drop_long_prompts(processor, samples, max_positions(policy), max_new_tokens, skipped=skipped)
     results = evaluate(policy, processor, samples, batch_size, max_new_tokens, samples_per_question,
-                       temperature, sampler=sampler)
+                       temperature, sampler=sampler, decode_compile=decode_compile, decode_graph=decode_graph)
     print(format_table(results))
     target = output_path(config)
     with open(target, "w") as f:

@@ -380,8 +380,11 @@ def compile_decoder_layers(model, **compile_kwargs):
     distinct input (shapes, grad mode, dtype) instead of once per model. A call with a KV cache
     (generation's prefill and decode) runs the layer eagerly: a decode recompiles at every new length
     until torch gives up on the layer altogether, for the log-prob passes too. Under FSDP2, compile
-    before fully_shard (dynamo skips FSDP2's hooks and runs them eagerly). Returns the model.
+    before fully_shard (dynamo skips FSDP2's hooks and runs them eagerly). Shapes are dynamic from the
+    first call (dynamic=True unless given): a new sequence length reuses the graph, where with torch's
+    default the second distinct length recompiled (5.3 s inside a timed 3B step on an H200). Returns the model.
     """
+    compile_kwargs.setdefault("dynamic", True)
     for layer in model.model.language_model.layers:
         eager = layer.forward
         compiled = torch.compile(eager, **compile_kwargs)

@@ -259,11 +259,13 @@ def gathered_for_generation(model):
 
 @torch.no_grad()
 def generate_rollout(model, processor, records, videos, group_size, hints=None, max_new_tokens=64,
-                     temperature=1.0, top_p=1.0, greedy=False, synced_gpus=False, sampler="auto"):
+                     temperature=1.0, top_p=1.0, greedy=False, synced_gpus=False, sampler="auto", decode_compile=True,
+                     decode_graph=True):
     """Sample `group_size` answers for each (record, video) and score them.
 
     sampler: "fast" (sampler.py: one prefill per prompt, our compiled decode step), "hf" (transformers'
-    generate over the B * G repeated prompts, the reference), "auto" (sampler.resolve).
+    generate over the B * G repeated prompts, the reference), "auto" (sampler.resolve). decode_compile,
+    decode_graph: the fast sampler's torch.compile and CUDA graph, on a CUDA device only.
     Vision placeholder tokens are suppressed at sampling time: a sampled <|video_pad|> would make
     the next forward fail with "video features and video tokens do not match".
     """
@@ -275,8 +277,10 @@ def generate_rollout(model, processor, records, videos, group_size, hints=None, 
     end_id = tok.convert_tokens_to_ids("<|im_end|>")
     with gathered_for_generation(model):
         if resolve_sampler(sampler, model.device) == "fast":
+            cuda = model.device.type == "cuda"
             completion = sample(model, to_device(prompt, model.device), group_size, max_new_tokens, end_id,
-                                tok.pad_token_id, vision_token_ids(processor), temperature, top_p, greedy)
+                                tok.pad_token_id, vision_token_ids(processor), temperature, top_p, greedy,
+                                compile=decode_compile and cuda, graph=decode_graph and cuda)
         else:
             repeated = to_device(repeat_batch(prompt, group_size), model.device)
             sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature,

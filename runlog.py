@@ -63,12 +63,14 @@ def step_row(step, lr, answers_generated, rollout, group_size, r_ref, za_before,
         "augmented_harder": changes["harder"], "augmented_easier": changes["easier"],
         "r_ref": r_ref, "reward_hinted": mean_or_none(all_gather_floats(changes["reward_hinted"])),
         "reward_hinted_before": mean_or_none(all_gather_floats(changes["reward_hinted_before"])), **stats,
+        "format_sampled": mean_over_ranks(changes["format_sampled"]),           # the first sampling's, before
+        "format_failed_groups": changes["format_failed_groups"],                 # augmentation: groups all 0
         "completion_len": gen_tokens / len(rollout.texts),
         "step_time": times["step_time"], "rollout_tokens_per_s": gen_tokens / max(times["rollout_time"], 1e-9),
         **times, "peak_mem_gb": peak_memory_gb(device),
     }
     row.update(means_over_ranks({k: row[k] for k in (*stats, "augmented_harder", "augmented_easier",
-                                                     "completion_len")}))
+                                                     "completion_len", "format_failed_groups")}))
     return row
 
 

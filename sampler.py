@@ -31,14 +31,23 @@ Sampling, with z = float32 logits and the vision placeholder ids set to -inf:
 A row that has emitted end_id emits pad_id from then on. The loop stops once every row has ended,
 checked every `check_every` tokens (a check is a device sync), and trims the columns past the last end.
 
-Speed on CUDA: the step is one function over preallocated tensors (fused q/k/v and gate/up weights,
-static cache, per-row positions and masks), compiled by torch.compile and captured once in a CUDA
-graph; each token then costs one graph replay after writing the slot and the noise into the captured
-inputs. The weights are our own copies (refreshed each call), so a captured graph never reads memory
-that FSDP2 or the optimizer may move. Under FSDP2 the caller gathers the weights once
-(rollout.gathered_for_generation); the step itself runs no collective, so ranks may decode different
-numbers of tokens: each rank runs exactly one prefill forward per call, as every other rank does.
+One code path on every device. The decoder (our copy of the language model's weights, and one state
+per shape: cache, masks, positions) is kept on the model and reused across calls; each call refreshes
+the weights in place. Two speed-ups, each a switch, for CUDA:
+    compile  each decoder layer and the sampling head compiled by torch.compile (one graph for all layers)
+    graph    the whole step captured once per shape in a CUDA graph; a token is then one replay after
+             writing the slot and the noise into the captured inputs
+With either on, shapes are bucketed (rows to a power of two, the cache to a multiple of 128) so that
+rollouts, hint traces and evaluation batches reuse a few compiled / captured shapes (at most
+`max_shapes`, least recently used dropped first) instead of evicting each other. Every tensor a compiled
+or captured step reads is passed to it as an argument and lives as long as its shape's state: nothing
+a step reads is ever freed under it. (The first version kept tensors in a closure compiled once and
+re-created them per shape; on torch 2.11 some calls then decoded from the wrong memory.)
+The weights are our own copies, so a captured graph never reads memory that FSDP2 or the optimizer may
+move. Under FSDP2 the caller gathers the weights once (rollout.gathered_for_generation); the step runs
+no collective, so ranks may decode different numbers of tokens.
 """
+from collections import OrderedDict
 import inspect
 
 import torch
@@ -55,6 +64,16 @@ def resolve(name, device):
     if name not in ("auto", "fast", "hf"):
         raise ValueError(f"sampler: expected auto | fast | hf, got {name!r}")
     return "fast" if name == "auto" else name
+
+
+def speedups(device, compile=None, graph=None):
+    """(compile, graph) for a device: None means on for CUDA, off elsewhere; graph needs CUDA."""
+    cuda = torch.device(device).type == "cuda"
+    compile = cuda if compile is None else bool(compile)
+    graph = cuda if graph is None else bool(graph)
+    if graph and not cuda:
+        raise ValueError(f"decode_graph: CUDA graphs need a CUDA device, got {device}")
+    return compile, graph
 
 
 # ----------------------------------------------------------------------------- prefill
@@ -94,7 +113,7 @@ def prefill(model, prompt):
 def language_weights(model, dtype, into=None):
     """Our copies of the language model's weights in `dtype`: q/k/v fused into one matrix, gate/up into one.
 
-    into: the buffers of an earlier call (a captured graph reads them): refreshed in place instead.
+    into: the copies of an earlier call (captured graphs read them): refreshed in place instead.
     """
     lm = model.model.language_model
     fused = lambda *ts: torch.cat([t.detach() for t in ts]) if len(ts) > 1 else ts[0].detach()
@@ -131,8 +150,16 @@ def new_state(text, N, C, V, dtype, device):
             "tokens": torch.zeros(N, dtype=torch.long, device=device),     # last token in, next token out
             "slot": torch.zeros(1, dtype=torch.long, device=device),       # cache slot of the token going in
             "done": torch.zeros(N, dtype=torch.bool, device=device),
-            "noise": torch.zeros(N, V, dtype=torch.float32, device=device),
+            "noise": torch.full((N, V), 0.5, dtype=torch.float32, device=device),
             "logits": torch.zeros(N, V, dtype=torch.float32, device=device)}
+
+
+def bucket(N, C, fixed):
+    """The shape a call runs at: (N, C) itself, or with fixed shapes (compile / graph) rows rounded up
+    to a power of two and the cache to a multiple of 128, so that few shapes serve a whole run."""
+    if not fixed:
+        return N, C
+    return 1 << (N - 1).bit_length(), -(-C // 128) * 128
 
 
 # ----------------------------------------------------------------------------- the step
@@ -170,13 +197,39 @@ def pick(logits, noise, suppress, temperature, top_p, greedy):
     return (z - torch.log(-torch.log(noise))).argmax(-1)
 
 
-def decode_step(w, s, suppress, opt):
+def decoder_layer(x, cos, sin, mask, slot, ln1, qkv, qkv_bias, o, ln2, gate_up, down, k_cache, v_cache,
+                  heads, kv_heads, eps):
+    """One decoder layer for one new token per row: x (N, D) -> (N, D); writes its k, v at `slot`.
+
+    Attention over the static cache (N, KV, C, hd), each key head serving H / KV query heads:
+        a = softmax(q k^T / sqrt(hd), masked to the row's valid slots) v      (scores in float32)
+    """
+    N, hd = x.shape[0], k_cache.shape[-1]
+    h = rms_norm(x, ln1, eps)
+    q, k, v = F.linear(h, qkv, qkv_bias).split([heads * hd, kv_heads * hd, kv_heads * hd], -1)
+    q = rotate(q.view(N, kv_heads, heads // kv_heads, hd), cos, sin)          # (N, KV, H/KV, hd)
+    k = rotate(k.view(N, kv_heads, 1, hd), cos, sin)
+    k_cache.index_copy_(2, slot, k)                                           # (N, KV, C, hd)
+    v_cache.index_copy_(2, slot, v.view(N, kv_heads, 1, hd))
+    scores = torch.matmul(q, k_cache.transpose(-1, -2)).float() * hd ** -0.5  # (N, KV, H/KV, C)
+    p = scores.masked_fill(~mask, float("-inf")).softmax(-1).to(x.dtype)
+    a = torch.matmul(p, v_cache)                                              # (N, KV, H/KV, hd)
+    x = x + F.linear(a.reshape(N, heads * hd), o)
+    gate, up = F.linear(rms_norm(x, ln2, eps), gate_up).chunk(2, -1)
+    return x + F.linear(F.silu(gate) * up, down)
+
+
+def sampling_head(x, norm, head, noise, suppress, eps, temperature, top_p, greedy):
+    """Final norm, logits (N, V) in float32, next token (N,)."""
+    logits = F.linear(rms_norm(x, norm, eps), head).float()
+    return logits, pick(logits, noise, suppress, temperature, top_p, greedy)
+
+
+def decode_step(w, s, suppress, opt, layer_fn=decoder_layer, head_fn=sampling_head):
     """One token for all N rows: reads s["tokens"] at s["slot"], writes the next token into s["tokens"].
 
     opt: Python constants (heads, eps, sampling settings), fixed for a compiled / captured step.
     """
-    N = s["tokens"].shape[0]
-    H, KV, hd = opt["heads"], opt["kv_heads"], opt["head_dim"]
     x = w["embed"][s["tokens"]]                                               # (N, D)
     freqs = (s["delta"] + s["slot"]).float()[:, None] * w["inv_freq"]        # (N, hd/2) text rope
     angle = torch.cat([freqs, freqs], -1)[:, None, None, :]                  # (N, 1, 1, hd)
@@ -184,20 +237,14 @@ def decode_step(w, s, suppress, opt):
     s["valid"].index_fill_(1, s["slot"], True)
     mask = s["valid"][:, None, None, :]                                       # (N, 1, 1, C)
     for layer, k_cache, v_cache in zip(w["layers"], s["k"], s["v"]):
-        h = rms_norm(x, layer["ln1"], opt["eps"])
-        q, k, v = F.linear(h, layer["qkv"], layer["qkv_bias"]).split([H * hd, KV * hd, KV * hd], -1)
-        q = rotate(q.view(N, H, 1, hd), cos, sin)                             # (N, H, 1, hd)
-        k = rotate(k.view(N, KV, 1, hd), cos, sin)
-        k_cache.index_copy_(2, s["slot"], k)                                  # (N, KV, C, hd)
-        v_cache.index_copy_(2, s["slot"], v.view(N, KV, 1, hd))
-        a = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, enable_gqa=True)
-        x = x + F.linear(a.reshape(N, H * hd), layer["o"])
-        gate, up = F.linear(rms_norm(x, layer["ln2"], opt["eps"]), layer["gate_up"]).chunk(2, -1)
-        x = x + F.linear(F.silu(gate) * up, layer["down"])
-    logits = F.linear(rms_norm(x, w["norm"], opt["eps"]), w["head"]).float()  # (N, V)
+        x = layer_fn(x, cos, sin, mask, s["slot"], layer["ln1"], layer["qkv"], layer["qkv_bias"], layer["o"],
+                     layer["ln2"], layer["gate_up"], layer["down"], k_cache, v_cache,
+                     opt["heads"], opt["kv_heads"], opt["eps"])
+    logits, token = head_fn(x, w["norm"], w["head"], s["noise"], suppress, opt["eps"], opt["temperature"],
+                            opt["top_p"], opt["greedy"])
     if opt["keep_logits"]:
         s["logits"].copy_(logits)
-    finish(s, pick(logits, s["noise"], suppress, opt["temperature"], opt["top_p"], opt["greedy"]), opt)
+    finish(s, token, opt)
 
 
 def finish(s, token, opt):
@@ -207,94 +254,119 @@ def finish(s, token, opt):
     s["tokens"].copy_(token)
 
 
-# ----------------------------------------------------------------------------- CUDA graph
+# ----------------------------------------------------------------------------- kept decoders
 
-def captured(step, warmup=3):
-    """torch.compile the step, warm it up on a side stream, capture one call in a CUDA graph."""
-    compiled = torch.compile(step)
+_compiled = {}
+
+
+def compiled(fn):
+    """torch.compile'd `fn`, made once per process, shapes dynamic: one graph serves every layer, model and shape."""
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=True)
+    return _compiled[fn]
+
+
+def captured(step, warmup=2):
+    """Run `step` on a side stream to warm it up, then capture one call in a CUDA graph -> its replay."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(warmup):
-            compiled()
+            step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        compiled()
+        step()
     return graph.replay
 
 
-def decoder(model, N, C, V, dtype, device, suppress, opt):
-    """(weights, state, step()) for this shape. On CUDA kept on the model and reused across calls (the
-    graph is captured once per shape; between rollouts that holds one copy of the LM weights and the cache)."""
-    if device.type != "cuda":
-        w, state = language_weights(model, dtype), new_state(model.config.text_config, N, C, V, dtype, device)
-        return w, state, lambda: decode_step(w, state, suppress, opt)
-    key = (N, C, V, dtype, tuple(suppress.nonzero().flatten().tolist()), tuple(sorted(opt.items())))
-    kept = model.__dict__.get("_fast_sampler")
-    if kept is None or kept[0] != key:
-        model.__dict__["_fast_sampler"] = None      # free the old graph and buffers first
-        w, state = language_weights(model, dtype), new_state(model.config.text_config, N, C, V, dtype, device)
-        state["noise"].fill_(0.5)
-        replay = captured(lambda: decode_step(w, state, suppress, opt))
-        kept = (key, w, state, replay)
-        model.__dict__["_fast_sampler"] = kept
+def decoder(model, N, C, V, dtype, device, suppress_ids, opt, compile, graph, max_shapes):
+    """(weights, state, step()) for this shape, kept on the model across calls.
+
+    The weights (one copy for all shapes) are refreshed in place each call; a shape's state and its
+    compiled / captured step stay until `max_shapes` other shapes were used more recently.
+    """
+    kept = model.__dict__.setdefault("_decoders", {"dtype": None, "weights": None, "shapes": OrderedDict()})
+    if kept["dtype"] != dtype:
+        kept["shapes"].clear()                       # their steps read the old weights
+        kept["weights"], kept["dtype"] = language_weights(model, dtype), dtype
     else:
-        language_weights(model, dtype, into=kept[1])
-    return kept[1], kept[2], kept[3]
+        language_weights(model, dtype, into=kept["weights"])
+    key = (N, C, V, tuple(suppress_ids), tuple(sorted(opt.items())), compile, graph)
+    if key in kept["shapes"]:
+        kept["shapes"].move_to_end(key)
+        state, step = kept["shapes"][key]
+        return kept["weights"], state, step
+    while len(kept["shapes"]) >= max_shapes:
+        kept["shapes"].popitem(last=False)
+    w, state = kept["weights"], new_state(model.config.text_config, N, C, V, dtype, device)
+    suppress = torch.zeros(V, dtype=torch.bool, device=device)
+    suppress[list(suppress_ids)] = True
+    fns = (compiled(decoder_layer), compiled(sampling_head)) if compile else (decoder_layer, sampling_head)
+    step = lambda: decode_step(w, state, suppress, opt, *fns)
+    if graph:
+        step = captured(step)
+    state["suppress"] = suppress                     # lives as long as the step that reads it
+    kept["shapes"][key] = (state, step)
+    return w, state, step
 
 
 # ----------------------------------------------------------------------------- the loop
 
 @torch.no_grad()
 def sample(model, prompt, group_size, max_new_tokens, end_id, pad_id, suppress_ids=(), temperature=1.0,
-           top_p=1.0, greedy=False, check_every=8, keep_logits=False, generator=None):
+           top_p=1.0, greedy=False, check_every=8, keep_logits=False, generator=None, compile=None, graph=None,
+           max_shapes=4):
     """(N, T) completions, N = B * group_size, G answers of a prompt contiguous; T <= max_new_tokens.
 
     prompt: the processor's batch of B distinct prompts on the model's device. end_id None: never end
     (fixed-length decoding, for benchmarks). keep_logits: also return the raw float32 logits of every
-    step, [(N, V)] * T (tests). generator: the torch.Generator for the sampling noise.
+    step, [(N, V)] * T (tests). generator: the torch.Generator for the sampling noise. compile, graph:
+    the speed-ups (None: on for CUDA, off elsewhere); max_shapes: decoder shapes kept on the model.
     """
     text = model.config.text_config
     logits0, kv, next_position = prefill(model, prompt)
     B, P = prompt["input_ids"].shape
     N, T, V = B * group_size, max_new_tokens, logits0.shape[-1]
     device = logits0.device
+    compile, graph = speedups(device, compile, graph)
     dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
              else kv[0][0].dtype)
-    C = P + T - 1 if device.type != "cuda" else -(-(P + T) // 128) * 128   # CUDA: steps of 128, fewer recompiles
-    suppress = torch.zeros(V, dtype=torch.bool, device=device)
-    suppress[list(suppress_ids)] = True
-    opt = {"heads": text.num_attention_heads, "kv_heads": text.num_key_value_heads,
-           "head_dim": kv[0][0].shape[-1], "eps": text.rms_norm_eps,
+    Nb, C = bucket(N, P + T - 1, compile or graph)
+    opt = {"heads": text.num_attention_heads, "kv_heads": text.num_key_value_heads, "eps": text.rms_norm_eps,
            "rope_scale": float(model.model.language_model.rotary_emb.attention_scaling),
            "temperature": float(temperature), "top_p": float(top_p), "greedy": bool(greedy),
            "end_id": -1 if end_id is None else int(end_id), "pad_id": int(pad_id), "keep_logits": keep_logits}
     with torch.autocast(device.type, enabled=False):                       # our dtype, chosen above
-        w, s, step = decoder(model, N, C, V, dtype, device, suppress, opt)
+        w, s, step = decoder(model, Nb, C, V, dtype, device, sorted(set(suppress_ids)), opt, compile, graph,
+                             max_shapes)
         for (k, v), k_cache, v_cache in zip(kv, s["k"], s["v"]):
-            k_cache[:, :, :P] = k.repeat_interleave(group_size, 0)          # (N, KV, P, hd)
-            v_cache[:, :, :P] = v.repeat_interleave(group_size, 0)
+            k_cache[:N].unflatten(0, (B, group_size))[:, :, :, :P] = k[:, None]   # (B, G, KV, P, hd)
+            v_cache[:N].unflatten(0, (B, group_size))[:, :, :, :P] = v[:, None]
         del kv
         s["valid"].zero_()
-        s["valid"][:, :P] = prompt["attention_mask"].bool().repeat_interleave(group_size, 0)
-        s["delta"].copy_((next_position - P).repeat_interleave(group_size))
+        s["valid"][:N, :P] = prompt["attention_mask"].bool().repeat_interleave(group_size, 0)
+        s["delta"].zero_()
+        s["delta"][:N] = (next_position - P).repeat_interleave(group_size)
         s["done"].zero_()
+        s["done"][N:] = True                                                 # bucket's spare rows
+        s["tokens"].fill_(int(pad_id))
         out = torch.full((N, T), int(pad_id), dtype=torch.long, device=device)
         kept_logits = []
-        logits = logits0.repeat_interleave(group_size, 0)                   # (N, V) first token
+        logits = torch.zeros(Nb, V, dtype=torch.float32, device=device)
+        logits[:N] = logits0.repeat_interleave(group_size, 0)               # (N, V) first token
         for t in range(T):
             if not greedy:
                 s["noise"].uniform_(generator=generator)
             if t == 0:
                 s["logits"].copy_(logits)
-                finish(s, pick(logits, s["noise"], suppress, opt["temperature"], opt["top_p"], greedy), opt)
+                finish(s, pick(logits, s["noise"], s["suppress"], opt["temperature"], opt["top_p"], greedy), opt)
             else:
                 s["slot"].fill_(P + t - 1)
                 step()
-            out[:, t] = s["tokens"]
+            out[:, t] = s["tokens"][:N]
             if keep_logits:
-                kept_logits.append(s["logits"].clone())
+                kept_logits.append(s["logits"][:N].clone())
             if (t + 1) % check_every == 0 and bool(s["done"].all()):
                 break
     out = out[:, :trimmed_length(out[:, :t + 1], end_id)]

@@ -49,7 +49,7 @@ def prompts_of_step(s, records, step, rank, skipped):
 
 def autocast(s):
     """Compute in `dtype` while the weights stay in `master_dtype` (FSDP2 does this on its own)."""
-    if s.dtype == s.master_dtype or (s.distributed == "fsdp" and dist.is_initialized()):
+    if s.dtype == s.master_dtype or (s.distributed == "fsdp" and dist.is_initialized() and dist.get_world_size() > 1):
         return nullcontext()
     return torch.autocast(device_type=torch.device(s.device).type, dtype=getattr(torch, s.dtype))
 
@@ -58,7 +58,8 @@ def sample_groups(s, policy, processor, prompts, videos, hints=None, synced=Fals
     """n (default G) answers per prompt with the sampling settings, scored."""
     return generate_rollout(policy, processor, prompts, videos, n or s.group_size, hints=hints,
                             max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                            synced_gpus=synced, sampler=s.sampler)
+                            synced_gpus=synced, sampler=s.sampler, decode_compile=s.decode_compile,
+                            decode_graph=s.decode_graph)
 
 
 def sample_subset(s, policy, processor, prompts, videos, hints, synced, spare, n=None):
@@ -97,7 +98,9 @@ def sample_with_augmentation(s, policy, processor, prompts, r_ref, traces, gen, 
     r_new = dict(zip(rows, group_mean_rewards(new.rewards, G).tolist())) if rows else {}
     hinted = [i for i in rows if redo[i]["hint"]]
     changes = {"harder": len(rows) - len(hinted), "easier": len(hinted), "hints": [redo[i]["hint"] for i in hinted],
-               "reward_hinted": [r_new[i] for i in hinted], "reward_hinted_before": [r_cur[i].item() for i in hinted]}
+               "reward_hinted": [r_new[i] for i in hinted], "reward_hinted_before": [r_cur[i].item() for i in hinted],
+               "format_sampled": first.format.mean().item(),
+               "format_failed_groups": int((first.format.view(-1, G).amax(1) == 0).sum())}
     n_generated = len(first.texts) + n_traces + (len(new.texts) if rows else 0)
     return concat_rollouts(groups), r_cur, zero_advantage_ratio(first.rewards, G), changes, n_generated
 

@@ -87,6 +87,8 @@ max_new_tokens = 48
 temperature = 1.0
 top_p = 1.0
 sampler = "auto"              # fast (sampler.py) | hf (transformers' generate) | auto: fast
+decode_compile = True         # fast sampler on CUDA: torch.compile its decode step (off: eager, to bisect)
+decode_graph = True           # fast sampler on CUDA: capture its decode step in CUDA graphs (off: to bisect)
 num_frames = 8
 max_pixels = 112 * 112
 fps = None                    # frames sampled at this rate (at most num_frames); None: spread over the clip
@@ -100,8 +102,8 @@ weight_decay = 0.0
 grad_clip = 1.0
 micro_batch_groups = 4        # groups per forward/backward (gradient accumulation inside a pass)
 # system
-device = "cpu"
-dtype = "float32"             # compute dtype: bfloat16 on GPUs (the loss arithmetic stays float32)
+device = "auto"               # auto: cuda when a GPU is visible (one per rank under torchrun), else cpu
+dtype = "auto"                # compute dtype; auto: bfloat16 on cuda, float32 on cpu (the loss stays float32)
 master_dtype = "float32"      # trained weights, gradients, AdamW states; bfloat16 to save memory
 attn_implementation = "sdpa"  # sdpa | flash_attention_2 (when installed) | eager
 distributed = "ddp"           # ddp | fsdp (torchrun only)
@@ -296,7 +298,8 @@ def main():
         if results is None:
             with autocast(s):
                 results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, rank=rank,
-                                   world_size=world_size, sampler=sampler)
+                                   world_size=world_size, sampler=sampler, decode_compile=decode_compile,
+                                   decode_graph=decode_graph)
         history.append({"step": step, "answers_generated": answers_generated,
                         "val_accuracy": results["all"]["accuracy"], "val_format": results["all"]["format"]})
         if master:

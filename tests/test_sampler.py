@@ -193,3 +193,65 @@ def test_bench_sampler_times_both_samplers(monkeypatch):
     for r in rows.values():
         assert {"prefill_s", "decode_s", "step_ms", "rollout_s", "compile_capture_s", "bandwidth_use"} <= set(r)
     assert "fast vs hf" in bench_sampler.format_rows(rows)
+
+
+def perturb(model, seed):
+    """What an optimizer step does to the weights between two rollouts."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.model.language_model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 1e-2)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_kept_decoders_match_fresh_calls_and_generate(compile):
+    """A sequence of calls whose prompts, group size, sampling settings and weights change between calls,
+    as a run makes them: each call with the decoders kept from the calls before it gives the tokens and
+    logits of the same call on a model that never sampled (fresh), and greedy calls give generate's tokens.
+    compile=True is CUDA's code path on the CPU: bucketed shapes (spare rows), torch.compile."""
+    model, processor = build_tiny(texts=["The red square moves left. How many circles appear?"] * 10, seed=0)
+    model.eval()
+    pad, suppress = ids(processor)
+    calls = [(3, 2, dict(greedy=True)), (2, 3, dict(temperature=0.7, top_p=0.8)), (3, 2, dict(greedy=True)),
+             "perturb", (1, 5, dict(temperature=1.0)), (3, 2, dict(greedy=True)), (2, 3, dict(temperature=0.7, top_p=0.8))]
+    for i, call in enumerate(calls):
+        if call == "perturb":
+            perturb(model, i)
+            continue
+        B, G, kw = call
+        prompt = prompts(processor, QUESTIONS[:B], seed=i)
+        run = lambda: sampler.sample(model, prompt, G, 10, None, pad, suppress, keep_logits=True,
+                                     generator=torch.Generator().manual_seed(i), compile=compile, **kw)
+        kept_out, kept_logits = run()
+        kept = model.__dict__.pop("_decoders")
+        fresh_out, fresh_logits = run()
+        model.__dict__["_decoders"] = kept
+        assert torch.equal(kept_out, fresh_out), (i, call)
+        torch.testing.assert_close(torch.stack(kept_logits), torch.stack(fresh_logits), rtol=0, atol=1e-6)
+        if kw.get("greedy"):
+            repeated = repeat_batch(prompt, G)
+            theirs = model.generate(**repeated, do_sample=False, max_new_tokens=10, suppress_tokens=suppress,
+                                    eos_token_id=None, pad_token_id=pad)[:, repeated["input_ids"].shape[1]:]
+            assert torch.equal(kept_out, theirs), (i, call)
+    shapes = list(model.__dict__["_decoders"]["shapes"])
+    assert 1 < len(shapes) <= 4
+    if compile:                                          # rows bucketed to powers of two, cache to 128s
+        assert all(key[0] & (key[0] - 1) == 0 and key[1] % 128 == 0 for key in shapes)
+
+
+def test_least_recently_used_shape_is_dropped_first():
+    model, processor = build_tiny(texts=["The red square moves left. How many circles appear?"] * 10, seed=0)
+    model.eval()
+    pad, suppress = ids(processor)
+    for B in (1, 2, 1, 3):                               # shapes a, b, a again, c: b goes, a stays
+        sampler.sample(model, prompts(processor, QUESTIONS[:B]), 2, 3, None, pad, suppress, greedy=True, max_shapes=2)
+    assert sorted(key[0] for key in model.__dict__["_decoders"]["shapes"]) == [2, 6]
+
+
+def test_graph_needs_cuda_and_auto_means_cuda_only():
+    assert sampler.speedups("cpu") == (False, False)
+    assert sampler.speedups("cpu", compile=True) == (True, False)
+    assert sampler.speedups("cuda") == (True, True)
+    assert sampler.speedups("cuda:1", graph=False) == (True, False)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        sampler.speedups("cpu", graph=True)

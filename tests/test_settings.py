@@ -133,3 +133,28 @@ def test_scripts_exit_before_loading_anything(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"{tmp_path}/two.jsonl: 2 records, fewer than batch_size=4" in proc.stderr
     assert not (tmp_path / "sft" / "init").exists()                     # failed before building a model
+
+
+def test_auto_device_is_cuda_with_bf16_when_a_gpu_is_seen(monkeypatch):
+    import torch
+    from configurator import configure
+    assert configure({"device": "auto", "dtype": "auto"}, []) == {"device": "cpu", "dtype": "float32"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert configure({"device": "auto", "dtype": "auto"}, []) == {"device": "cuda", "dtype": "bfloat16"}
+    assert configure({"device": "auto", "dtype": "auto"}, ["--dtype=float32"])["dtype"] == "float32"
+    assert configure({"device": "auto", "dtype": "auto"}, ["--device=cpu"])["dtype"] == "float32"
+
+
+def test_one_process_fsdp_run_computes_in_its_dtype(tmp_path):
+    """torchrun with one process and --distributed=fsdp leaves the model unsharded: autocast must stay on
+    (it was off there, so a bf16 run computed in float32)."""
+    from types import SimpleNamespace
+    import torch
+    import torch.distributed as dist
+    from step import autocast
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        with autocast(SimpleNamespace(dtype="bfloat16", master_dtype="float32", distributed="fsdp", device="cpu")):
+            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    finally:
+        dist.destroy_process_group()
