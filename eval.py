@@ -28,7 +28,7 @@ max_samples = 0               # 0: all
 samples_per_question = 1      # 1: greedy; n > 1: n answers at `temperature`, accuracy averaged
 temperature = 1.0
 sampler = "auto"              # fast (sampler.py) | hf (transformers' generate) | auto (fast)
-decode_compile = True         # fast sampler on CUDA: torch.compile its decode step
+decode_compile = None         # fast sampler on CUDA: torch.compile its decode step (None: for models >= 100M)
 decode_graph = True           # fast sampler on CUDA: capture its decode step in a CUDA graph
 batch_size = 64              # questions per generate call; wider is faster on CPU, same greedy answers
 max_new_tokens = 64
@@ -81,7 +81,7 @@ def difficulty_bucket(record):
 
 @torch.no_grad()
 def evaluate(policy, processor, samples, batch_size=64, max_new_tokens=64, samples_per_question=1,
-             temperature=1.0, rank=0, world_size=1, sampler="auto", decode_compile=True, decode_graph=True):
+             temperature=1.0, rank=0, world_size=1, sampler="auto", decode_compile=None, decode_graph=True):
     """Accuracy and format rate over `samples` (records with decoded "frames" and their "times").
 
     Under torchrun each rank answers a strided shard and the counts are summed; every rank runs the

@@ -259,13 +259,14 @@ def gathered_for_generation(model):
 
 @torch.no_grad()
 def generate_rollout(model, processor, records, videos, group_size, hints=None, max_new_tokens=64,
-                     temperature=1.0, top_p=1.0, greedy=False, synced_gpus=False, sampler="auto", decode_compile=True,
+                     temperature=1.0, top_p=1.0, greedy=False, synced_gpus=False, sampler="auto", decode_compile=None,
                      decode_graph=True):
     """Sample `group_size` answers for each (record, video) and score them.
 
     sampler: "fast" (sampler.py: one prefill per prompt, our compiled decode step), "hf" (transformers'
     generate over the B * G repeated prompts, the reference), "auto" (sampler.resolve). decode_compile,
-    decode_graph: the fast sampler's torch.compile and CUDA graph, on a CUDA device only.
+    decode_graph: the fast sampler's torch.compile and CUDA graph, on a CUDA device only (decode_compile
+    None: sampler.speedups decides by model size).
     Vision placeholder tokens are suppressed at sampling time: a sampled <|video_pad|> would make
     the next forward fail with "video features and video tokens do not match".
     """
@@ -280,7 +281,8 @@ def generate_rollout(model, processor, records, videos, group_size, hints=None, 
             cuda = model.device.type == "cuda"
             completion = sample(model, to_device(prompt, model.device), group_size, max_new_tokens, end_id,
                                 tok.pad_token_id, vision_token_ids(processor), temperature, top_p, greedy,
-                                compile=decode_compile and cuda, graph=decode_graph and cuda)
+                                compile=decode_compile if decode_compile is None else decode_compile and cuda,
+                                graph=decode_graph and cuda)
         else:
             repeated = to_device(repeat_batch(prompt, group_size), model.device)
             sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature,

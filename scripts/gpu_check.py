@@ -4,7 +4,7 @@ there, and the speed targets. One line per check, PASS / FAIL / SKIP with its nu
 without CUDA the CUDA-only checks say SKIP and the rest run.
 
     python scripts/gpu_check.py                          # everything (about 8 minutes on one H100 / H200)
-    python scripts/gpu_check.py --parts=correct,train    # a subset: correct | train | speed
+    python scripts/gpu_check.py --parts=correct,train    # a subset: correct | train | evaltime | speed
     python scripts/gpu_check.py --init_from=out/tiny-sft # the tiny SFT policy to use (else one is made)
 
 correct  decode logits against a teacher-forced forward at every step (float32 with TF32 off, and
@@ -309,7 +309,7 @@ def finish_train(name, proc, run_dir, t0, together):
            runs_at_once=together)
 
 
-def check_sft_eval_time(policy_dir):
+def check_sft_eval_time(policy_dir, decode_compile=None):
     """sft.py's evaluation (200 questions, greedy, 48 tokens, autocast as sft.py runs it) in a fresh process."""
     code = ("import json, time, torch, sys\n"
             "from dataset import load_records, load_samples\nfrom eval import evaluate\nfrom model import load_policy\n"
@@ -318,7 +318,8 @@ def check_sft_eval_time(policy_dir):
             "val = load_samples(load_records('data/synthetic/val.jsonl')[:200], log=lambda *a, **k: None)\n"
             f"dtype = 'bfloat16' if {CUDA} else 'float32'\n"
             f"ctx = autocast(NS(dtype=dtype, master_dtype='float32', distributed='ddp', device={DEVICE!r}))\n"
-            "t0 = time.time()\nwith ctx:\n    r = evaluate(m.eval(), p, val, max_new_tokens=48)\n"
+            "t0 = time.time()\nwith ctx:\n"
+            f"    r = evaluate(m.eval(), p, val, max_new_tokens=48, decode_compile={decode_compile})\n"
             "if torch.cuda.is_available(): torch.cuda.synchronize()\n"
             "print(json.dumps({'seconds': time.time() - t0, 'accuracy': r['all']['accuracy']}))\n")
     log_path = os.path.join(out_dir, "sft_eval.log")
@@ -326,7 +327,8 @@ def check_sft_eval_time(policy_dir):
     if exit_code != 0:
         return report("SFT evaluation of 200 questions", False, exit_code=exit_code, log=tail(log_path))
     r = jsonlib.loads(open(log_path).read().strip().splitlines()[-1])
-    report("SFT evaluation of 200 questions, fresh process", r["seconds"] <= 10 if CUDA else None,
+    name = "SFT evaluation of 200 questions, fresh process" + ("" if decode_compile is None else ", compiled")
+    report(name, (r["seconds"] <= 10 or decode_compile is not None) if CUDA else None,
            seconds=r["seconds"], accuracy=r["accuracy"], target_s=10, **({} if CUDA else {"why": "target is for CUDA"}))
 
 
@@ -334,7 +336,7 @@ def start_part_train(policy_dir):
     """Every variant at once (one GPU holds them all; their step times are then not each alone's)."""
     variants = {"fast": [], "hf": ["--sampler=hf"]}
     if CUDA:
-        variants.update({"fast, graph off": ["--decode_graph=False"], "fast, compile off": ["--decode_compile=False"],
+        variants.update({"fast, compiled": ["--decode_compile=True"], "fast, graph off": ["--decode_graph=False"],
                          "fast, eager": ["--decode_graph=False", "--decode_compile=False"]})
     return [start_train(policy_dir, name, extra) for name, extra in variants.items()]
 
@@ -346,7 +348,6 @@ def finish_part_train(policy_dir, runs):
         guarded("train fsdp", lambda: check_torchrun_fsdp(policy_dir))
     else:
         report("train under torchrun + FSDP2 on nccl", None, why=f"{torch.cuda.device_count()} GPU(s) here, needs 2+")
-    guarded("sft eval time", lambda: check_sft_eval_time(policy_dir))
 
 
 def check_torchrun_fsdp(policy_dir):
@@ -460,15 +461,18 @@ def main():
         av_version = "missing (carry its wheel: see the device notes)"
     import transformers
     print(f"gpu_check: torch {torch.__version__}, transformers {transformers.__version__}, av {av_version}, "
-          f"device {torch.cuda.get_device_name() if CUDA else 'cpu (CUDA-only checks skipped)'}, "
-          f"commit {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}")
+          f"device {torch.cuda.get_device_name() if CUDA else 'cpu (CUDA-only checks skipped)'}")
     chosen = parts.split(",")
-    policy_dir = tiny_policy() if {"correct", "train"} & set(chosen) else None
+    policy_dir = tiny_policy() if {"correct", "train", "evaltime"} & set(chosen) else None
     runs = start_part_train(policy_dir) if "train" in chosen else None   # in the background meanwhile
     if "correct" in chosen:
         part_correct(policy_dir)
     if runs is not None:
         finish_part_train(policy_dir, runs)
+    if "train" in chosen or "evaltime" in chosen:
+        guarded("sft eval time", lambda: check_sft_eval_time(policy_dir))
+        if CUDA:
+            guarded("sft eval time, compiled", lambda: check_sft_eval_time(policy_dir, decode_compile=True))
     if "speed" in chosen:
         part_speed()
     counts = {s: sum(r["status"] == s for r in results) for s in ("PASS", "FAIL", "SKIP")}

@@ -252,6 +252,8 @@ def test_graph_needs_cuda_and_auto_means_cuda_only():
     assert sampler.speedups("cpu") == (False, False)
     assert sampler.speedups("cpu", compile=True) == (True, False)
     assert sampler.speedups("cuda") == (True, True)
+    assert sampler.speedups("cuda", lm_params=10 ** 6) == (False, True)          # tiny: graph only
+    assert sampler.speedups("cuda", lm_params=3 * 10 ** 9) == (True, True)
     assert sampler.speedups("cuda:1", graph=False) == (True, False)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         sampler.speedups("cpu", graph=True)
