@@ -91,6 +91,8 @@ plan_gen_len = 768            # Video-R1's max completion length
 plan_master = "fp32"          # fp32: FSDP2 MixedPrecisionPolicy(bf16 params, fp32 reduce), fp32 master
                               # params / grads / AdamW; bf16: everything bf16 (train.py with dtype=bfloat16)
 plan_reference = "sharded"    # sharded | replicated | none (beta = 0)
+plan_checkpointing = True     # gradient checkpointing in the update
+plan_group_size = 8           # answers packed after their prompt (train.py's pack_groups); 0: unpacked rows
 # -----------------------------------------------------------------------------
 
 # ----------------------------------------------------------------------------- model and inputs
@@ -392,7 +394,7 @@ if __name__ == "__main__":
     if plan:
         cfg = qwen25vl_config(size) if size != "tiny" else build_model("tiny", "cpu", torch.float32, "sdpa")[1]
         p = memory_plan(cfg, n_gpus, plan_micro_batch, plan_frames, plan_frame_size, plan_image_tokens,
-                        plan_prompt_len, plan_gen_len, plan_master, plan_reference)
+                        plan_prompt_len, plan_gen_len, plan_master, plan_reference, plan_checkpointing, plan_group_size)
         print(format_plan(p))
         out = {"plan": {**p, "parts": {k: list(v) for k, v in p["parts"].items()}}}
     elif phases == "step":

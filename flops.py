@@ -189,7 +189,7 @@ def video_grid(vision, frames, frame_px):
 # ----------------------------------------------------------------------------- memory plan
 
 def memory_plan(config, n_gpus, micro_batch=8, frames=16, frame_px=252, image_tokens=81, prompt_len_=200,
-                gen_len_=768, master="fp32", reference="sharded", checkpointing=True):
+                gen_len_=768, master="fp32", reference="sharded", checkpointing=True, group_size=8):
     """Per-GPU bytes for full fine-tuning (vision frozen) under FSDP2 on n_gpus, by part and phase.
 
     FSDP2 as train.py wraps it: fully_shard each decoder layer, then the root (embeddings, lm_head,
@@ -201,6 +201,11 @@ def memory_plan(config, n_gpus, micro_batch=8, frames=16, frame_px=252, image_to
     token); the layer being recomputed holds about 6h + 2*kv*hd + 4i values per token, twice (its
     activations and their gradients) -- an estimate, not a measurement. Logits: one chunk of 1024
     completion tokens at a time (logprobs.py): bf16 logits, float32 log-softmax, and their gradients.
+    group_size > 0: each group's prompt runs once with its answers packed after it (train.py's
+    pack_groups), micro_batch / group_size groups of P + group_size * T tokens; 0: micro_batch rows of P + T.
+    Against a measurement (H200, 2026-12-04, bench.py --phases=step at the 3B shape on one GPU, bf16,
+    replicated reference, no checkpointing, 8 answers of up to 768 tokens): peak 65.5 GB, the plan
+    about 58 GB at the mean answer length: leave about 10 GB of headroom.
     Rollout phase: gathered_for_generation holds a full bf16 copy of the policy plus the KV cache.
     Returns {"parts": {name: (update_bytes, rollout_bytes)}, "sharded": [names that scale 1/n_gpus],
     "update": total, "rollout": total, "peak": max}.
@@ -213,7 +218,7 @@ def memory_plan(config, n_gpus, micro_batch=8, frames=16, frame_px=252, image_to
     t, gh, gw = video_grid(vision, frames, frame_px)
     P = prompt_len_ + image_tokens + t * gh * gw // vision.spatial_merge_size ** 2
     S, T = P + gen_len_, gen_len_
-    tokens = micro_batch * S
+    tokens = micro_batch // group_size * (P + group_size * T) if group_size else micro_batch * S
     mbytes = 4 if master == "fp32" else 2
     layer_params = (counts["lm_layers"] - h) // L
     root_params = total - counts["lm_layers"] + h
@@ -235,7 +240,8 @@ def memory_plan(config, n_gpus, micro_batch=8, frames=16, frame_px=252, image_to
     parts["gathered bf16 params (root + 2 layers)"] = (2 * (root_params + 2 * layer_params) * fsdp, 0)
     saved = L * tokens * h * 2 if checkpointing else L * tokens * (6 * h + 2 * kv + 4 * i) * 2
     parts["activations: layer inputs" if checkpointing else "activations: all layers"] = (saved, 0)
-    parts["activations: one layer recomputed + grads"] = (2 * tokens * (6 * h + 2 * kv + 4 * i) * 2, 0)
+    if checkpointing:
+        parts["activations: one layer recomputed + grads"] = (2 * tokens * (6 * h + 2 * kv + 4 * i) * 2, 0)
     chunk = min(1024, micro_batch * T)  # logprobs.completion_logps: chunk_tokens
     parts["logits: one 1024-token chunk"] = (chunk * V * (2 + 4 + 4 + 2), 0)  # bf16, fp32, their grads
     parts["rollout: full bf16 policy (gathered)"] = (0, 2 * total * (fsdp or master == "fp32"))
@@ -244,7 +250,8 @@ def memory_plan(config, n_gpus, micro_batch=8, frames=16, frame_px=252, image_to
     rollout = sum(r for _, r in parts.values())
     return {"parts": parts, "sharded": [k for k in parts if "(sharded" in k], "update": update,
             "rollout": rollout, "peak": max(update, rollout),
-            "shape": {"n_gpus": n_gpus, "micro_batch": micro_batch, "seq_len": S, "prompt_len": P,
+            "shape": {"n_gpus": n_gpus, "micro_batch": micro_batch, "seq_len": S, "prompt_len": P, "tokens": tokens,
+                      "checkpointing": checkpointing,
                       "gen_len": T, "params": total, "trainable": trainable, "master": master,
                       "reference": reference}}
 
@@ -253,8 +260,9 @@ def format_plan(p):
     s = p["shape"]
     lines = [f"memory plan per GPU: {s['n_gpus']} GPUs, {s['params'] / 1e9:.2f} B params "
              f"({s['trainable'] / 1e9:.2f} B trainable, vision frozen), master {s['master']}, reference "
-             f"{s['reference']}, micro batch {s['micro_batch']} x {s['seq_len']} tokens "
-             f"(prompt {s['prompt_len']} incl. video, completion {s['gen_len']})",
+             f"{s['reference']}, micro batch {s['micro_batch']} answers of {s['seq_len']} tokens "
+             f"(prompt {s['prompt_len']} incl. video, completion {s['gen_len']}), {s['tokens']} tokens per forward, "
+             f"gradient checkpointing {'on' if s['checkpointing'] else 'off'}",
              f"| {'part':<42} | {'update GB':>9} | {'rollout GB':>10} |", f"|{'-' * 44}|{'-' * 10}:|{'-' * 11}:|"]
     for name, (u, r) in p["parts"].items():
         lines.append(f"| {name:<42} | {u / 1e9:9.2f} | {r / 1e9:10.2f} |")

@@ -222,3 +222,19 @@ def test_bench_step_phase(tmp_path):
     assert data["padded_over_real"]["as_run"] == 1.0  # one answer per forward: no padding at all
     assert data["padded_over_real"]["one_padded_forward_per_micro_batch"] >= 1.0
     assert 0 < data["tokens_per_s_7b_equivalent"] < data["tokens_per_s"]
+
+
+def test_memory_plan_counts_packed_groups_and_checkpointing():
+    cfg = flops.qwen25vl_config("7b")
+    packed = flops.memory_plan(cfg, 8, micro_batch=8, checkpointing=False)
+    unpacked = flops.memory_plan(cfg, 8, micro_batch=8, checkpointing=False, group_size=0)
+    s = packed["shape"]
+    assert s["tokens"] == s["prompt_len"] + 8 * s["gen_len"]               # the prompt once, 8 answers after it
+    assert unpacked["shape"]["tokens"] == 8 * s["seq_len"]
+    t = cfg.text_config
+    per_token = t.num_hidden_layers * (6 * t.hidden_size + 2 * 512 + 4 * t.intermediate_size) * 2   # kv = 4 x 128
+    assert packed["parts"]["activations: all layers"][0] == pytest.approx(s["tokens"] * per_token)
+    ckpt = flops.memory_plan(cfg, 8, micro_batch=8)
+    assert "activations: one layer recomputed + grads" not in packed["parts"]
+    assert ckpt["parts"]["activations: layer inputs"][0] == pytest.approx(t.num_hidden_layers * s["tokens"] * t.hidden_size * 2)
+    assert ckpt["update"] < packed["update"] < unpacked["update"]
