@@ -392,3 +392,17 @@ def trimmed_length(out, end_id):
         return out.shape[1]
     is_end = out == end_id
     return int(is_end.int().argmax(1).max()) + 1
+
+
+def teacher_forced_logits(model, prompt, completion):
+    """The reference for every step's logits (tests, scripts/gpu_check.py): transformers' forward over the
+    (N, P) prompt plus the (N, T) completion, (N, T, V) float32 logits, position t predicting token t."""
+    batch = {k: v for k, v in prompt.items() if k not in ("mm_token_type_ids", "video_metadata")}
+    batch["input_ids"] = torch.cat([prompt["input_ids"], completion], 1)
+    batch["attention_mask"] = torch.cat([prompt["attention_mask"], torch.ones_like(completion)], 1)
+    types = torch.zeros_like(batch["input_ids"], dtype=torch.int32)
+    types[batch["input_ids"] == model.config.video_token_id] = 2
+    with torch.no_grad():
+        logits = model(**batch, mm_token_type_ids=types).logits
+    P = prompt["input_ids"].shape[1]
+    return logits[:, P - 1:-1].float()

@@ -94,19 +94,6 @@ def tiny_prompts(processor, seed=0):
     return {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in dict(batch).items()}
 
 
-def teacher_forced(model, prompt, completion):
-    """transformers' forward over prompt + completion: (N, T, V) float32 logits predicting token t."""
-    batch = {k: v for k, v in prompt.items() if k not in ("mm_token_type_ids", "video_metadata")}
-    batch["input_ids"] = torch.cat([prompt["input_ids"], completion], 1)
-    batch["attention_mask"] = torch.cat([prompt["attention_mask"], torch.ones_like(completion)], 1)
-    types = torch.zeros_like(batch["input_ids"], dtype=torch.int32)
-    types[batch["input_ids"] == model.config.video_token_id] = 2
-    with torch.no_grad():
-        logits = model(**batch, mm_token_type_ids=types).logits
-    P = prompt["input_ids"].shape[1]
-    return logits[:, P - 1:-1].float()
-
-
 def check_decode_logits(dtype, tol):
     """Each step's logits (sampled rows, temperature 0.7, top-p 0.8) against a teacher-forced forward."""
     from model import build_tiny, vision_token_ids
@@ -124,7 +111,7 @@ def check_decode_logits(dtype, tol):
             out, logits = sampler.sample(model, prompt, 3, 12, None, pad, suppress, temperature=0.7, top_p=0.8,
                                          keep_logits=True, generator=gen, compile=c, graph=g)
             ours = torch.stack(logits, 1)
-            theirs = teacher_forced(model, repeat_batch(prompt, 3), out)
+            theirs = sampler.teacher_forced_logits(model, repeat_batch(prompt, 3), out)
             worst = max(worst, float((ours - theirs).abs().max()))
             steps += out.shape[1]
         report(f"{name} [{mode}]", worst <= tol, max_abs_diff=worst, tolerance=tol, steps=steps)
@@ -241,17 +228,7 @@ def check_closure_repro():
 
 def old_captured(step):
     """How the first fast sampler captured its step: torch.compile of the closure, warm-up, one capture."""
-    compiled = torch.compile(step)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            compiled()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        compiled()
-    return graph.replay
+    return sampler.captured(torch.compile(step), warmup=3)
 
 
 def part_correct(policy_dir):

@@ -40,19 +40,6 @@ def ids(processor):
     return tok.pad_token_id, vision_token_ids(processor)
 
 
-def teacher_forced_logits(model, prompt, completion):
-    """transformers' forward over prompt + completion: (N, T, V) logits predicting completion token t."""
-    batch = {k: v for k, v in prompt.items() if k != "mm_token_type_ids"}
-    batch["input_ids"] = torch.cat([prompt["input_ids"], completion], 1)
-    batch["attention_mask"] = torch.cat([prompt["attention_mask"], torch.ones_like(completion)], 1)
-    types = torch.zeros_like(batch["input_ids"], dtype=torch.int32)
-    types[batch["input_ids"] == model.config.video_token_id] = 2
-    with torch.no_grad():
-        logits = model(**batch, mm_token_type_ids=types).logits
-    P = prompt["input_ids"].shape[1]
-    return logits[:, P - 1:-1].float()
-
-
 def test_greedy_matches_generate_with_rows_ending_at_different_steps(policy):
     model, processor = policy
     pad, suppress = ids(processor)
@@ -84,7 +71,7 @@ def test_every_step_has_transformers_logits_and_distribution(policy, temperature
     out, logits = sampler.sample(model, prompt, 3, 10, None, pad, suppress, temperature=temperature,
                                  top_p=top_p, keep_logits=True, generator=gen)
     ours = torch.stack(logits, 1)                                           # (N, T, V)
-    theirs = teacher_forced_logits(model, repeat_batch(prompt, 3), out)
+    theirs = sampler.teacher_forced_logits(model, repeat_batch(prompt, 3), out)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     assert not torch.isin(out, torch.tensor(suppress)).any()
     # each drawn token lies in the nucleus: the tokens more likely than it hold < top_p (float64)
