@@ -213,6 +213,26 @@ def choice_problem(key, value, allowed):
     return f"{key}={value!r} is not one of {' | '.join(names)}{hint}"
 
 
+def inert_settings(c, given, acts_only_with):
+    """setting_warnings pairs for settings the user gave that cannot act: `acts_only_with` maps a setting
+    to {other setting: the values under which it acts} (reg_form acts only with loss=reg_grpo)."""
+    pairs = []
+    for key, needs in acts_only_with.items():
+        off = [k for k, values in needs.items() if c[k] not in values]
+        if key in given and off:
+            needed = " and ".join(f"{k}={' | '.join(map(str, needs[k]))}" for k in off)
+            pairs.append((False, f"{key}={c[key]!r} does nothing with "
+                                 f"{', '.join(f'{k}={c[k]!r}' for k in off)} (it acts only with {needed})"))
+    return pairs
+
+
+def warmup_warning(c):
+    """A setting_warnings pair: a warmup longer than the run never reaches the learning rate."""
+    return (c["warmup_steps"] <= c["max_steps"],
+            f"warmup_steps={c['warmup_steps']} > max_steps={c['max_steps']}: the learning rate ends at "
+            f"{c['max_steps'] / c['warmup_steps']:.2g} x learning_rate={c['learning_rate']:g}, never reaching it")
+
+
 def writable_dir(path):
     """True when `path` is (or can be made as) a directory we can write a file into; makes it."""
     try:

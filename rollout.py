@@ -92,22 +92,35 @@ def prompt_length(processor, sample):
     return n
 
 
-def drop_long_prompts(processor, samples, max_positions, max_new_tokens, log=print, skipped=None):
-    """The samples whose encoded prompt plus max_new_tokens fits the model's `max_positions`; the
-    others are logged ("skip file:LINE (id): ...") and counted into `skipped` as "prompt too long"."""
+def length_problem(processor, sample, max_positions, answer_tokens, answer="new"):
+    """The one length rule of every split (validation, RL training prompts, SFT demonstrations): the
+    encoded prompt (text, video and image tokens) plus the answer's tokens (the sampling budget
+    max_new_tokens, or an SFT target's length) must fit the model's `max_positions`. The reason a
+    sample breaks it, or None."""
+    n = prompt_length(processor, sample)
+    if n + answer_tokens <= max_positions:
+        return None
+    return f"prompt of {n} tokens + {answer_tokens} {answer} tokens exceeds the model's {max_positions} positions"
+
+
+def drop_long_prompts(processor, samples, max_positions, max_new_tokens, log=print, skipped=None, answer="new"):
+    """The samples that keep the length rule (length_problem); the others are logged ("skip file:LINE
+    (id): ...") and counted into `skipped` as "prompt too long". max_new_tokens: the answer's tokens,
+    a number, or a function of the sample (an SFT target's length)."""
     kept = []
     for s in samples:
-        n = prompt_length(processor, s)
-        if n + max_new_tokens <= max_positions:
+        budget = max_new_tokens(s) if callable(max_new_tokens) else max_new_tokens
+        problem = length_problem(processor, s, max_positions, budget, answer)
+        if problem is None:
             kept.append(s)
             continue
-        log(f"skip {s.get('where', s['id'])} ({s['id']}): prompt of {n} tokens + {max_new_tokens} new "
-            f"tokens exceeds the model's {max_positions} positions")
+        log(f"skip {s.get('where', s['id'])} ({s['id']}): {problem}")
         if skipped is not None:
             skipped["prompt too long"] = skipped.get("prompt too long", 0) + 1
     if samples and not kept:
+        budget = "its answer" if callable(max_new_tokens) else f"{max_new_tokens} new tokens"
         raise SystemExit(f"{samples[0].get('where', samples[0]['id']).rsplit(':', 1)[0]}: no usable records: "
-                         f"every prompt + {max_new_tokens} new tokens exceeds {max_positions} positions")
+                         f"every prompt + {budget} exceeds {max_positions} positions")
     return kept
 
 
