@@ -13,6 +13,7 @@ of one prompt contiguous (the layout `reg_grpo.py` expects). Every tensor a loss
 
 Rewards are plain functions of (completion text, record), in rewards.py.
 """
+import functools
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,11 +97,33 @@ def length_problem(processor, sample, max_positions, answer_tokens, answer="new"
     """The one length rule of every split (validation, RL training prompts, SFT demonstrations): the
     encoded prompt (text, video and image tokens) plus the answer's tokens (the sampling budget
     max_new_tokens, or an SFT target's length) must fit the model's `max_positions`. The reason a
-    sample breaks it, or None."""
-    n = prompt_length(processor, sample)
-    if n + answer_tokens <= max_positions:
+    sample breaks it, or None.
+
+    A record without decoded "frames" is judged on its question alone (train.py asks before decoding a
+    drawn record's video; the chat template puts special tokens on both sides of the question, so its
+    tokens are the prompt's own). A question far too long is found without tokenizing it (80 000
+    characters take 50 ms to tokenize, too slow for a whole split of them): no token covers more than
+    the vocabulary's longest token's bytes, so the prompt has at least bytes(question) / that many."""
+    tok = getattr(processor, "tokenizer", processor)
+    question = format_question(sample)
+    floor = -(-len(question.encode("utf-8")) // longest_token_bytes(tok))
+    if "frames" in sample and floor <= max_positions:
+        n = prompt_length(processor, sample)
+        if n + answer_tokens <= max_positions:
+            return None
+        return f"prompt of {n} tokens + {answer_tokens} {answer} tokens exceeds the model's {max_positions} positions"
+    if floor + answer_tokens <= max_positions and "frames" not in sample:
+        floor = len(tok(question, add_special_tokens=False)["input_ids"])
+    if floor + answer_tokens <= max_positions:
         return None
-    return f"prompt of {n} tokens + {answer_tokens} {answer} tokens exceeds the model's {max_positions} positions"
+    return (f"prompt of at least {floor} tokens (its question alone) + {answer_tokens} {answer} tokens exceeds "
+            f"the model's {max_positions} positions")
+
+
+@functools.lru_cache(maxsize=8)
+def longest_token_bytes(tokenizer):
+    """The most UTF-8 bytes any token's text takes (byte-level vocabularies write one byte as one or two)."""
+    return max(len(t.encode("utf-8")) for t in tokenizer.get_vocab())
 
 
 def drop_long_prompts(processor, samples, max_positions, max_new_tokens, log=print, skipped=None, answer="new"):

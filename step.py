@@ -30,11 +30,13 @@ def draw_prompts(s, records, rng, n, skipped, too_long=None):
         record = records[rng.randrange(len(records))]
         if record["id"] in skipped:
             continue
-        try:
-            sample = read_sample(record, num_frames=s.num_frames, max_pixels=s.max_pixels, fps=s.fps)
-            problem, kind = too_long(sample) if too_long else None, "prompt too long"
-        except VideoError as e:
-            problem, kind = str(e), e.kind
+        problem, kind = too_long(record) if too_long else None, "prompt too long"     # its text, before decoding
+        if problem is None:
+            try:
+                sample = read_sample(record, num_frames=s.num_frames, max_pixels=s.max_pixels, fps=s.fps)
+                problem = too_long(sample) if too_long else None
+            except VideoError as e:
+                problem, kind = str(e), e.kind
         if problem is None:
             picked.append(sample)
             continue
