@@ -104,7 +104,10 @@ def switch_link(out_dir, link, target):
     if os.path.lexists(tmp):
         os.remove(tmp)
     os.symlink(target, tmp)
-    os.replace(tmp, os.path.join(out_dir, link))
+    path = os.path.join(out_dir, link)
+    if os.path.isdir(path) and not os.path.islink(path):   # a copy of the run folder that followed the links:
+        shutil.rmtree(path)                                 # an older export (or checkpoint), replaced as a link would be
+    os.replace(tmp, path)
     for entry in os.listdir(out_dir):
         if entry.startswith(link + "-") and entry != target:
             shutil.rmtree(os.path.join(out_dir, entry))

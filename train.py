@@ -391,7 +391,11 @@ def main():
         t0 = time.time()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        prompts = upcoming.result()
+        try:
+            prompts = upcoming.result()
+        except SystemExit:                   # no usable training record: the message on a line of its own
+            bar.close()
+            raise
         video_wait = time.time() - t0
         if step + 1 < max_steps:
             upcoming = drawing.submit(prompts_of_step, s, records, step + 1, rank, skipped, too_long)

@@ -240,7 +240,7 @@ def truncated_copy(src, dst):
 def fresh_copy(d):
     """d/resumed: a copy of the one-step run with a checkpoint made at the start."""
     shutil.rmtree(f"{d}/resumed", ignore_errors=True)
-    shutil.copytree(f"{d}/ckpt_run", f"{d}/resumed")
+    shutil.copytree(f"{d}/ckpt_run", f"{d}/resumed", symlinks=True)
 
 
 def other_size_model(d):
@@ -265,13 +265,14 @@ def damaged_clip(path, fraction):
 
 def first_line(text, expected):
     """The line a reader looks at: the one holding `expected`, else the first that reads as a message."""
-    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.startswith(("Loading", "Writing"))
-             and "it/s]" not in l and "(none bad)" not in l]
+    lines = [l.rsplit("it/s]", 1)[-1].strip() for l in text.splitlines()]   # what follows a progress bar
+    lines = [l for l in lines if l and not l.startswith(("Loading", "Writing")) and "(none bad)" not in l]
     if expected:
         hit = [l for l in lines if expected in l]
         if hit:
-            return hit[0]
-    key = [l for l in lines if any(w in l for w in ("skip", "bad", "error", "Error", "not", "cannot", "no ", "warning"))]
+            return hit[-1]
+    key = [l for l in lines if any(w in l for w in ("skip", "bad", "error", "Error", "not", "cannot", "no "))
+           and not l.startswith("warning:")]
     if key and key[0] == "bad settings:":                      # the problems follow, one per line
         key[0] = "bad settings: " + lines[lines.index("bad settings:") + 1]
     return (key or lines or [""])[0]
