@@ -99,7 +99,7 @@ def test_inert_settings_warned_once_each_contradictions_refused(tmp_path, capsys
     assert err[1].startswith("warning: warmup_steps=50 > max_steps=10: the learning rate ends at 0.2 x")
     train_check(tmp_path, "--harder_mode=mask", "--noise_sigma0=0.5", warnings=warn)
     assert "noise_sigma0=0.5 does nothing with harder_mode='mask'" in capsys.readouterr().err
-    train_check(tmp_path, warnings=warn)                                     # the defaults: no warning
+    train_check(tmp_path, "--warmup_steps=0", warnings=warn)                  # the defaults: no warning
     assert capsys.readouterr().err == ""
     (tmp_path / "val.jsonl").write_text("")
     check(eval_script, "--model=Qwen/x", f"--data={tmp_path}/val.jsonl", "--temperature=0.5",
