@@ -106,7 +106,7 @@ def switch_link(out_dir, link, target):
     os.symlink(target, tmp)
     path = os.path.join(out_dir, link)
     if os.path.isdir(path) and not os.path.islink(path):   # a copy of the run folder that followed the links:
-        shutil.rmtree(path)                                 # an older export (or checkpoint), replaced as a link would be
+        shutil.rmtree(path)                                 # an older export or checkpoint, replaced as its link
     os.replace(tmp, path)
     for entry in os.listdir(out_dir):
         if entry.startswith(link + "-") and entry != target:

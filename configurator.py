@@ -230,7 +230,8 @@ def warmup_warning(c):
     """A setting_warnings pair: a warmup longer than the run never reaches the learning rate."""
     return (c["warmup_steps"] <= c["max_steps"],
             f"warmup_steps={c['warmup_steps']} > max_steps={c['max_steps']}: the learning rate ends at "
-            f"{c['max_steps'] / max(1, c['warmup_steps']):.2g} x learning_rate={c['learning_rate']:g}, never reaching it")
+            f"{c['max_steps'] / max(1, c['warmup_steps']):.2g} x learning_rate={c['learning_rate']:g}, "
+            "never reaching it")
 
 
 def writable_dir(path):

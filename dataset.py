@@ -388,7 +388,8 @@ def _seedbench_record(row, root, seed):
         reason = _not_text(row, ["answer"]) or (bad and f"negative_answers must be non-empty strings, got {bad[0]!r}")
         if reason:
             return reason
-        repeat = repeated_text([row["answer"], *negs], ["answer", *(f"negative_answers[{i}]" for i in range(len(negs)))])
+        labels = ["answer", *(f"negative_answers[{i}]" for i in range(len(negs)))]
+        repeat = repeated_text([row["answer"], *negs], labels)
         if repeat:
             return repeat
         rng = random.Random(f"{seed}:{sid}")

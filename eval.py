@@ -49,7 +49,7 @@ def setting_problems(c):
         (c["batch_size"] >= 1, f"batch_size={c['batch_size']}: need >= 1"),
         (c["max_new_tokens"] >= 1, f"max_new_tokens={c['max_new_tokens']}: need >= 1"),
         (not model_problem(c["model"]), f"model: {model_problem(c['model'])}"),
-        (os.path.isfile(c["data"]), f"data: {c['data']}: no such file"),
+        (os.path.isfile(c["data"]), f"data: cannot read data: {c['data']}: no such file"),
         (writable_dir(os.path.dirname(output_path(c)) or "."),
          f"out_file={output_path(c)!r}: cannot create or write to its folder"),
     ]

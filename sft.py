@@ -97,8 +97,8 @@ def setting_problems(c):
         (writable_dir(c["out_dir"]), f"out_dir={c['out_dir']!r}: cannot create or write to this directory"),
         (c["init_from"] == "tiny" or not source_problem(c["init_from"]),
          f"init_from: {source_problem(c['init_from'])}"),
-        (os.path.isfile(c["train_data"]), f"train_data: {c['train_data']}: no such file"),
-        (os.path.isfile(c["val_data"]), f"val_data: {c['val_data']}: no such file"),
+        (os.path.isfile(c["train_data"]), f"train_data: cannot read data: {c['train_data']}: no such file"),
+        (os.path.isfile(c["val_data"]), f"val_data: cannot read data: {c['val_data']}: no such file"),
     ]
 
 

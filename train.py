@@ -125,13 +125,15 @@ CHOICES = {"loss": ("reg_grpo", "grpo", "rebel"), "reg_form": ("scaled", "paper"
            "attn_implementation": ("sdpa", "flash_attention_2", "eager"), "sampler": ("auto", "fast", "hf")}
 # settings that act only under certain values of others: given with other values they do nothing (a warning)
 ACTS_ONLY_WITH = {
-    "reg_form": {"loss": ("reg_grpo",)}, "std_floor": {"loss": ("reg_grpo",)}, "rho_token_mean": {"loss": ("reg_grpo",)},
-    "clip_eps": {"loss": ("grpo",)}, "rebel_eta": {"loss": ("rebel",)}, "adv_eps": {"loss": ("reg_grpo", "grpo")},
+    "reg_form": {"loss": ("reg_grpo",)}, "std_floor": {"loss": ("reg_grpo",)},
+    "rho_token_mean": {"loss": ("reg_grpo",)}, "clip_eps": {"loss": ("grpo",)}, "rebel_eta": {"loss": ("rebel",)},
+    "adv_eps": {"loss": ("reg_grpo", "grpo")},
     "harder_mode": {"augment": ("harder", "both")}, "hint_trace_samples": {"augment": ("easier", "both")},
     "noise_sigma0": {"augment": ("harder", "both"), "harder_mode": ("noise",)},
     "difficulty_margin": {"augment": ("harder", "easier", "both")},
     "augment_flat_only": {"augment": ("harder", "easier", "both")},
-    "resample_rounds": {"vanishing_fix": ("dynamic_sampling",)}, "replay_capacity": {"vanishing_fix": ("group_replay",)},
+    "resample_rounds": {"vanishing_fix": ("dynamic_sampling",)},
+    "replay_capacity": {"vanishing_fix": ("group_replay",)},
     "wandb_project": {"wandb_log": (True,)}, "wandb_run_name": {"wandb_log": (True,)},
     "resume_changes": {"resume": (True,)},
 }
@@ -214,9 +216,10 @@ def path_problems(c):
         (out_ok, f"out_dir={c['out_dir']!r}: cannot create or write to this directory"),
         (c["init_from"] == EMBEDDED_SFT or not source_problem(c["init_from"]),
          f"init_from: {source_problem(c['init_from'])}"),
-        (made or os.path.isfile(c["train_data"]), f"train_data: {c['train_data']}: no such file"),
+        (made or os.path.isfile(c["train_data"]),
+         f"train_data: cannot read data: {c['train_data']}: no such file"),
         (os.path.isfile(c["val_data"]) or made and os.path.dirname(c["val_data"]) == os.path.dirname(EMBEDDED_DATA),
-         f"val_data: {c['val_data']}: no such file"),
+         f"val_data: cannot read data: {c['val_data']}: no such file"),
     ]
 
 

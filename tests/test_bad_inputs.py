@@ -117,9 +117,11 @@ def test_every_missing_path_named_in_one_message(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()
     msg = exits(check, eval_script, "--model=out/nope", "--data=out/nope.jsonl")
-    assert "model: out/nope: no such model directory" in msg and "data: out/nope.jsonl: no such file" in msg
+    assert "model: out/nope: no such model directory" in msg
+    assert "data: cannot read data: out/nope.jsonl: no such file" in msg
     msg = exits(train_check, tmp_path, "--train_data=t.jsonl", "--val_data=v.jsonl")
-    assert "train_data: t.jsonl: no such file" in msg and "val_data: v.jsonl: no such file" in msg
+    assert "train_data: cannot read data: t.jsonl: no such file" in msg
+    assert "val_data: cannot read data: v.jsonl: no such file" in msg
 
 
 # ----------------------------------------------------------------------------- model and checkpoint files
