@@ -93,7 +93,8 @@ def cases(d, good, video):
         ("sft.py, read-only `out_dir`", ["sft.py", "--out_dir=/proc/nope", f"--train_data={data}/sft.jsonl"], "", None),
         ("sft.py, `--batch_size` above the set's size", ["sft.py", f"--out_dir={d}/sft", "--batch_size=5000",
                                                          f"--train_data={data}/sft.jsonl",
-                                                         f"--val_data={data}/val.jsonl", "--max_steps=1"], "", None),
+                                                         f"--val_data={data}/val.jsonl", "--max_steps=1"],
+         "fewer than batch_size=5000", None),
         ("eval.py `--model=out/nope`", ["eval.py", "--model=out/nope", f"--data={data}/val.jsonl"], "", None),
         ("eval.py, `--max_samples=-1`", ["eval.py", f"--model={init_from}", f"--data={data}/val.jsonl",
                                           "--max_samples=-1"], "", None),
@@ -152,6 +153,8 @@ def cases(d, good, video):
          "m_random/model.safetensors: corrupt", lambda: bad_model(d, "m_random", "random")),
         ("`init_from` folder without weights", train(f"--init_from={d}/m_noweights"), "m_noweights: no weights",
          lambda: bad_model(d, "m_noweights", "remove")),
+        ("`init_from=Qwen/not-here` (a hub id, no network)", train("--init_from=Qwen/not-here"),
+         "Qwen/not-here: cannot load the model", None),
         ("`init_from` whose config.json is not JSON", train(f"--init_from={d}/m_badconfig"),
          "m_badconfig/config.json: not readable JSON", lambda: bad_model(d, "m_badconfig", "config")),
         ("eval.py `--model=` a ckpt.pt of random bytes", ["eval.py", f"--model={raw('random_ckpt.pt', os.urandom(4096))}",
@@ -207,7 +210,7 @@ def cases(d, good, video):
         # --- video
         ("clip whose packets mostly fail to decode (one of two records)",
          train(f"--val_data={jsonl('damaged.jsonl', [ok, {**ok, 'id': 'damaged', 'video': f'{d}/damaged.mp4'}])}", *small),
-         "damaged: ", lambda: damaged_clip(f"{d}/damaged.mp4", 0.8)),
+         "damaged.mp4: damaged: ", lambda: damaged_clip(f"{d}/damaged.mp4", 0.8)),
         ("clip with a few packets that fail to decode (warned, runs)",
          train(f"--val_data={jsonl('dented.jsonl', [ok, {**ok, 'id': 'dented', 'video': f'{d}/dented.mp4'}])}", *small),
          "packets failed to decode", lambda: damaged_clip(f"{d}/dented.mp4", 0.3)),
@@ -275,7 +278,7 @@ def first_line(text, expected):
            and not l.startswith("warning:")]
     if key and key[0] == "bad settings:":                      # the problems follow, one per line
         key[0] = "bad settings: " + lines[lines.index("bad settings:") + 1]
-    return (key or lines or [""])[0]
+    return (key or [l for l in lines if not l.startswith("warning:")] or lines or [""])[0]
 
 
 def main():
