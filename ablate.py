@@ -90,6 +90,14 @@ def setting_problems(c):
     ]
 
 
+def setting_warnings(c, given):
+    """Allowed but inert: the budget settings a smoke run replaces."""
+    replaced = sorted({"answers_budget", "eval_samples", "eval_every"} & given)
+    return [(not (c["smoke"] and replaced), f"{', '.join(replaced)}: {'does' if len(replaced) == 1 else 'do'} "
+                                             "nothing with smoke=True (a smoke run uses answers_budget=1, "
+                                             "eval_samples=8, eval_every=1)")]
+
+
 def check_train_settings(c):
     """Every run's train.py arguments through train.py's checks (fails before the first run)."""
     import train
@@ -307,7 +315,7 @@ def ensure_inputs():
 
 def main():
     global eval_samples, eval_every, answers_budget
-    config = configure(globals(), sys.argv[1:], {}, setting_problems)
+    config = configure(globals(), sys.argv[1:], {}, setting_problems, setting_warnings)
     if smoke:
         answers_budget, eval_samples, eval_every = 1, 8, 1  # one step per run
     budget = answers_budget

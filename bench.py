@@ -62,7 +62,7 @@ prompt_len = 32               # text tokens of the prompt besides the video
 gen_len = 16                  # new tokens per answer (forced: min_new_tokens = max_new_tokens)
 warmup = 1
 repeats = 2
-gradient_checkpointing = None  # None: on for 3b / 7b, off for tiny
+gradient_checkpointing: bool | None = None  # None: on for 3b / 7b, off for tiny
 learning_rate = 1e-6
 beta = 0.04
 peak_tflops = 0.0             # 0: 989 on cuda (H100 bf16 dense), measured with a matmul on cpu

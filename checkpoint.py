@@ -104,7 +104,10 @@ def switch_link(out_dir, link, target):
     if os.path.lexists(tmp):
         os.remove(tmp)
     os.symlink(target, tmp)
-    os.replace(tmp, os.path.join(out_dir, link))
+    path = os.path.join(out_dir, link)
+    if os.path.isdir(path) and not os.path.islink(path):   # a copy of the run folder that followed the links:
+        shutil.rmtree(path)                                 # an older export or checkpoint, replaced as its link
+    os.replace(tmp, path)
     for entry in os.listdir(out_dir):
         if entry.startswith(link + "-") and entry != target:
             shutil.rmtree(os.path.join(out_dir, entry))
@@ -174,11 +177,45 @@ def load_run_state(out_dir, sharded, world_size, prompts_per_step):
     return state
 
 
+def check_resume_settings(out_dir, saved_config, config, may_change, resume_changes=""):
+    """Exit naming every setting that differs from the checkpoint's run, other than those in `may_change`
+    and those `resume_changes` names ("all": any); settings the checkpoint does not know are new ones."""
+    allowed = set(may_change) | {k.strip() for k in resume_changes.split(",")}
+    if "all" in allowed:
+        return
+    differ = [k for k in config if k in saved_config and k not in allowed and saved_config[k] != config[k]]
+    if differ:
+        changes = ", ".join(f"{k} {saved_config[k]!r} -> {config[k]!r}" for k in differ)
+        raise SystemExit(f"{out_dir}: resuming would change what the checkpoint's run was: {changes}. Resume with "
+                         f"the checkpoint's values, or accept the change with --resume_changes={','.join(differ)} "
+                         "(or all)")
+
+
+def load_weights(model, weights, source):
+    """model.load_state_dict(weights), or SystemExit naming `source` and how its tensors do not fit the model."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
+    if missing or unexpected or shapes:
+        first = (f" (first: {shapes[0]} is {tuple(weights[shapes[0]].shape)} there, {tuple(own[shapes[0]].shape)} "
+                 "in the model)") if shapes else f" (first: {(missing + unexpected)[0]})"
+        raise SystemExit(f"{source}: its weights do not fit this model: {len(shapes)} tensors of another shape, "
+                         f"{len(missing)} missing, {len(unexpected)} unexpected{first}. Was it written from another "
+                         "init_from (model size)?")
+    model.load_state_dict(weights)
+
+
 def load_states(out_dir, model, optimizer, state, sharded):
     """Put the checkpoint's model and optimizer tensors into `model` and `optimizer`."""
     if not sharded:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        path = checkpoint_path(out_dir, False)
+        load_weights(unwrap(model), state["model"], path)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise SystemExit(f"{path}: its optimizer state does not fit this run's trained parameters ({e}); "
+                             "was freeze_vision or the model different?")
         return
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -191,13 +228,40 @@ def load_states(out_dir, model, optimizer, state, sharded):
 
 
 def safe_load(path):
-    """torch.load that refuses pickled objects (only tensors and plain types), with a one-line message."""
+    """torch.load that refuses pickled objects (only tensors and plain types), with a one-line message
+    naming the file and what is wrong: not a torch.save file, truncated, or holding pickled objects."""
+    problem = torch_file_problem(path)
+    if problem:
+        raise SystemExit(f"{path}: {problem}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), str(e).splitlines()[0])
+        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), None)
+        if reason is None:
+            raise SystemExit(f"{path}: corrupt: not a checkpoint torch.save wrote ({str(e).splitlines()[-1]})")
         raise SystemExit(f"{path}: refused: it holds pickled Python objects, not only tensors and plain "
                          f"types, and loading them could run code ({reason})")
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise SystemExit(f"{path}: truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0]})")
+
+
+def torch_file_problem(path):
+    """Why `path` is not a file torch.save wrote (a zip archive, or the older pickle format), or None.
+    A zip archive whose directory (at its end) is missing was cut short."""
+    import zipfile
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"cannot read ({e.strerror})"
+    if not head:
+        return "empty file (0 bytes)"
+    if head == b"PK\x03\x04":
+        return None if zipfile.is_zipfile(path) else ("truncated: the zip archive torch.save writes has no "
+                                                     "directory at its end (a save cut short?)")
+    if head[:1] == b"\x80":                        # the pre-zip torch.save format starts with a pickle
+        return None
+    return f"not a checkpoint torch.save wrote (it starts with bytes {head.hex()}, not a zip archive)"
 
 
 SAFE_GLOBALS = {("collections", "OrderedDict"), ("torch.serialization", "_get_layout"),  # a layout by name

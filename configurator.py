@@ -1,47 +1,127 @@
 """
 Settings the nanoGPT way: a script keeps its defaults as module globals, then calls
 
-    configure(globals(), sys.argv[1:], CHOICES, setting_problems)
+    configure(globals(), sys.argv[1:], CHOICES, setting_problems, setting_warnings)
 
 Each argument is either a preset file (`config/tiny_cpu.py`, a few lines of assignments run in
-order) or an override `--key=value`. Values are read as Python literals when they parse as one
-(`--lr=3e-4`, `--resume=True`) and as plain strings otherwise (`--loss=grpo`); None is accepted only
-where the default is None.
-Settings are the lower-case globals; UPPER_CASE globals are constants, not settings.
-An unknown key, or a value whose type differs from the default's, is an error naming the key.
+order) or an override `--key=value`. Settings are the lower-case globals; UPPER_CASE globals are
+constants, not settings.
+
+Every value is brought to its setting's type before anything runs, the type of its default: an
+int where a float belongs becomes a float (`--lr=1`), a list where a tuple belongs a tuple, one
+value where a tuple belongs a one-element tuple (`--seeds=0`, `--arms=grpo`; a comma list of
+words too: `--arms=grpo,reg_grpo`), and the elements of tuples and dicts are checked against the
+default's own elements. A setting whose default is None declares its type in an annotation
+(`fps: float | None = None`). Command-line values are read as Python literals (`--lr=3e-4`,
+`--resume=True`); where the setting is a string the text is taken as it is (`--wandb_run_name=2024`).
+An unknown key, a value of another type (`--fps=two`, `--num_frames=True`), or a float that is
+not finite is an error naming the key, the value and the type wanted; a preset that fails to run
+(a syntax error, an undefined name) is an error naming its file and line.
 
 Then every setting is checked before anything is loaded: `CHOICES` maps a setting to its allowed
 values (a typo gets a "did you mean"), and `setting_problems(config)` returns (holds, message)
-pairs for ranges and relations; every failed rule is listed in one error.
+pairs for ranges and relations; every failed rule is listed in one error. `setting_warnings(config,
+given)` returns pairs of the same shape for settings that are allowed but would do nothing (a
+setting the chosen method never reads); `given` is the set of keys a preset or the command line
+set, and each failed rule prints one line, once (rank 0 under torchrun).
 """
 import ast
 import difflib
+import math
 import os
 import sys
 import tempfile
+import traceback
+import types
 
 
 def parse_value(text):
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
 
 
-def check_and_set(config, key, value, source):
+def type_name(default, declared=None):
+    """The type a setting takes, in words: "float", "float or None", "dict of str -> tuple of float"."""
+    if declared is not None:
+        members = declared.__args__ if isinstance(declared, types.UnionType) else (declared,)
+        return " or ".join("None" if m is type(None) else m.__name__ for m in members)
+    if isinstance(default, tuple) and element(default) is not None:
+        return f"tuple of {type_name(element(default))}"
+    if isinstance(default, dict) and default:
+        value = element(tuple(default.values()))
+        return f"dict of {type_name(next(iter(default)))} -> " + (type_name(value) if value is not None else "any")
+    return type(default).__name__
+
+
+def element(items):
+    """A prototype of the elements of a tuple default (None when empty or of mixed types)."""
+    names = {type_name(x) for x in items}
+    return items[0] if items and len(names) == 1 else None
+
+
+def conform(value, default, declared=None):
+    """`value` brought to the type of `default` (or the `declared` type); ValueError when it does not fit."""
+    if declared is not None:
+        members = declared.__args__ if isinstance(declared, types.UnionType) else (declared,)
+        for m in members:
+            if m is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return conform(value, m())
+            except ValueError:
+                pass
+        raise ValueError(type_name(default, declared))
+    if isinstance(default, bool) or isinstance(default, str):
+        if type(value) is type(default):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif isinstance(default, (tuple, list)):
+        proto = element(tuple(default))
+        if isinstance(value, str) and isinstance(proto, str):
+            value = tuple(v.strip() for v in value.split(","))
+        elif not isinstance(value, (tuple, list)) and proto is not None:
+            value = (value,)
+        if isinstance(value, (tuple, list)):
+            if proto is not None:
+                value = [conform(v, proto) for v in value]
+            return type(default)(value)
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            if not default:
+                return value
+            key, proto = next(iter(default)), element(tuple(default.values()))
+            return {conform(k, key): (conform(v, proto) if proto is not None else v) for k, v in value.items()}
+    elif default is None:
+        return value
+    raise ValueError(type_name(default))
+
+
+def check_and_set(config, key, value, source, types_=None, text=None):
+    """Set config[key] to `value` brought to the setting's type; SystemExit naming the key otherwise.
+    text: the command line's raw text, taken as it is where the setting is a string."""
     if key not in config:
         known = ", ".join(sorted(config))
         hint = difflib.get_close_matches(key, list(config), n=1)
         hint = f" (did you mean '{hint[0]}'?)" if hint else ""
         raise SystemExit(f"{source}: unknown setting '{key}'{hint}. Known settings: {known}")
-    default = config[key]
-    if default is not None and not isinstance(value, type(default)):
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        else:
-            raise SystemExit(f"{source}: '{key}' expects {type(default).__name__} "
-                             f"(default {default!r}), got {value!r}")
-    config[key] = value
+    default, declared = config[key], (types_ or {}).get(key)
+    if text is not None and value is not None and not isinstance(value, str) and (
+            isinstance(default, str) or declared is not None and str in getattr(declared, "__args__", (declared,))):
+        value = text                                   # --wandb_run_name=2024 is the name "2024"
+    try:
+        config[key] = conform(value, default, declared)
+    except ValueError:
+        raise SystemExit(f"{source}: '{key}' expects {type_name(default, declared)} (default {default!r}), "
+                         f"got {value!r}") from None
 
 
 def is_setting(name, value):
@@ -49,28 +129,66 @@ def is_setting(name, value):
             and isinstance(value, (int, float, bool, str, type(None), tuple, list, dict)))
 
 
-def configure(module_globals, argv, choices=None, setting_problems=None):
+def declared_types(module_globals, config):
+    """The annotations of the settings; a None default without one is a mistake in the script."""
+    declared = dict(module_globals.get("__annotations__", {}))
+    undeclared = [k for k, v in config.items() if v is None and k not in declared]
+    if undeclared:
+        raise TypeError(f"settings {undeclared} default to None: declare their type where they are set "
+                        f"(e.g. `{undeclared[0]}: float | None = None`)")
+    return declared
+
+
+def run_preset(path):
+    """The assignments of a preset file, {key: (value, line)}; SystemExit naming the file and line
+    when it cannot be read or run."""
+    try:
+        source = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot read preset ({e.strerror})")
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"{path}: cannot read preset (not UTF-8 text: byte {e.object[e.start]:#04x} "
+                         f"at offset {e.start})")
+    try:
+        tree = ast.parse(source, path)
+        code = compile(tree, path, "exec")
+    except SyntaxError as e:
+        raise SystemExit(f"{path}:{e.lineno}: cannot read preset (syntax error: {e.msg})")
+    lines = {t.id: node.lineno for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    namespace = {}
+    try:
+        exec(code, namespace)
+    except Exception as e:
+        line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == path), "?")
+        raise SystemExit(f"{path}:{line}: preset failed to run ({type(e).__name__}: {e})")
+    return {k: (v, lines.get(k, "?")) for k, v in namespace.items()
+            if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+
+
+def configure(module_globals, argv, choices=None, setting_problems=None, setting_warnings=None):
     """Apply presets and --key=value overrides to the settings in `module_globals`, check them
-    against `choices` and `setting_problems` (see the module docstring); return them."""
+    against `choices`, `setting_problems` and `setting_warnings` (see the module docstring); return them."""
     config = {k: v for k, v in module_globals.items() if is_setting(k, v)}
+    declared = declared_types(module_globals, config)
+    given = set()
     for arg in argv:
         if arg.startswith("--"):
             if "=" not in arg:
                 raise SystemExit(f"command line: expected --key=value, got '{arg}'")
             key, text = arg[2:].split("=", 1)
-            check_and_set(config, key, parse_value(text), "command line")
+            check_and_set(config, key, parse_value(text), "command line", declared, text)
+            given.add(key)
         else:
-            try:
-                source = open(arg).read()
-            except OSError as e:
-                raise SystemExit(f"{arg}: cannot read preset ({e.strerror})")
-            preset = {}
-            exec(compile(source, arg, "exec"), {}, preset)
-            for key, value in preset.items():
-                if not key.startswith("_"):
-                    check_and_set(config, key, value, arg)
+            for key, (value, line) in run_preset(arg).items():
+                check_and_set(config, key, value, f"{arg}:{line}", declared)
+                given.add(key)
     resolve_auto(config)
     check_settings(config, choices or {}, setting_problems)
+    if setting_warnings is not None and os.environ.get("RANK", "0") == "0":
+        for holds, message in setting_warnings(config, given):
+            if not holds:
+                print(f"warning: {message}", file=sys.stderr, flush=True)
     module_globals.update(config)
     return config
 
@@ -94,6 +212,27 @@ def choice_problem(key, value, allowed):
     close = difflib.get_close_matches(str(value).lower(), list(lower), n=1, cutoff=0.5)
     hint = f" (did you mean '{lower[close[0]]}'?)" if close else ""
     return f"{key}={value!r} is not one of {' | '.join(names)}{hint}"
+
+
+def inert_settings(c, given, acts_only_with):
+    """setting_warnings pairs for settings the user gave that cannot act: `acts_only_with` maps a setting
+    to {other setting: the values under which it acts} (reg_form acts only with loss=reg_grpo)."""
+    pairs = []
+    for key, needs in acts_only_with.items():
+        off = [k for k, values in needs.items() if c[k] not in values]
+        if key in given and off:
+            needed = " and ".join(f"{k}={' | '.join(map(str, needs[k]))}" for k in off)
+            pairs.append((False, f"{key}={c[key]!r} does nothing with "
+                                 f"{', '.join(f'{k}={c[k]!r}' for k in off)} (it acts only with {needed})"))
+    return pairs
+
+
+def warmup_warning(c):
+    """A setting_warnings pair: a warmup longer than the run never reaches the learning rate."""
+    return (c["warmup_steps"] <= c["max_steps"],
+            f"warmup_steps={c['warmup_steps']} > max_steps={c['max_steps']}: the learning rate ends at "
+            f"{c['max_steps'] / max(1, c['warmup_steps']):.2g} x learning_rate={c['learning_rate']:g}, "
+            "never reaching it")
 
 
 def writable_dir(path):

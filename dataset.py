@@ -64,6 +64,9 @@ def check_record(r):
     if r["problem_type"] == "multiple_choice":
         if not 2 <= len(opts) <= 26:
             return f"multiple_choice needs 2..26 options, got {len(opts)}"
+        repeat = repeated_text(opts, [f"option {letter}" for letter in option_letters(len(opts))])
+        if repeat:
+            return repeat
         if r["answer"] not in option_letters(len(opts)):
             return (f"answer {r['answer']!r} is not an option letter "
                     f"{option_letters(len(opts))[0]}..{option_letters(len(opts))[-1]}")
@@ -77,6 +80,20 @@ def check_record(r):
         return "meta must be an object"
     if not isinstance(r.get("meta", {}).get("image", ""), str):
         return "meta.image must be a path (string)"
+    return None
+
+
+def repeated_text(texts, labels):
+    """The reason two of `texts` are the same answer (equal once stripped and case-folded) or one is
+    empty (an option nobody can pick), or None. labels: what to call each text in the message."""
+    seen = {}
+    for label, t in zip(labels, texts):
+        key = t.strip().casefold()
+        if not key:
+            return f"{label} is empty"
+        if key in seen:
+            return f"{label} {t!r} repeats {seen[key]} (the choices must be distinct)"
+        seen[key] = f"{label} {t!r}"
     return None
 
 
@@ -296,6 +313,8 @@ def _video_r1_record(it, i, video_root):
             return _missing_keys(it, required + ["options"])
         if not isinstance(it["options"], list) or not all(isinstance(o, str) for o in it["options"]):
             return f"options must be a list of strings, got {it['options']!r}"
+        if not 2 <= len(it["options"]) <= 26:
+            return f"multiple choice needs 2..26 options, got {len(it['options'])}"
         for j, o in enumerate(it["options"]):
             m = re.match(r"\s*([A-Z])\s*[.)]\s*(.*)", o, re.S)
             if m and m.group(1) != option_letters(j + 1)[-1]:
@@ -365,13 +384,24 @@ def _seedbench_record(row, root, seed):
         negs = row["negative_answers"]
         if not isinstance(negs, list) or len(negs) < 3:
             return f"negative_answers must be a list of >= 3 texts, got {negs!r}"
+        bad = [n for n in negs if not isinstance(n, str) or not n.strip()]
+        reason = _not_text(row, ["answer"]) or (bad and f"negative_answers must be non-empty strings, got {bad[0]!r}")
+        if reason:
+            return reason
+        labels = ["answer", *(f"negative_answers[{i}]" for i in range(len(negs)))]
+        repeat = repeated_text([row["answer"], *negs], labels)
+        if repeat:
+            return repeat
         rng = random.Random(f"{seed}:{sid}")
         options = [row["answer"]] + rng.sample(negs, 3)
         rng.shuffle(options)
         answer = option_letters(4)[options.index(row["answer"])]
     else:
+        reason = _not_text(row, ["choice_a", "choice_b", "choice_c", "choice_d", "golden_choice_idx"])
+        if reason:
+            return reason
         options = [row[k] for k in ("choice_a", "choice_b", "choice_c", "choice_d")]
-        answer = str(row["golden_choice_idx"]).strip()
+        answer = row["golden_choice_idx"].strip()
     options = [str(o).strip() for o in options]
     meta = {"source": "seedbench_r1", "sample_id": row["sample_id"],
             "video_source": row["video_source"]}
@@ -402,6 +432,35 @@ def report_skips(path, skipped, n_kept, show=20):
         print(f"{path}: skipped {len(skipped)} of {len(skipped) + n_kept} items", file=sys.stderr)
     if not n_kept:
         raise SystemExit(f"{path}: no usable item ({len(skipped)} skipped)")
+
+
+def converter_path_problems(annotations, video_root, out):
+    """What is wrong with a converter's paths, checked before anything is read or written: every
+    problem in one message, or None."""
+    from configurator import writable_dir
+    problems = []
+    if not os.path.isfile(annotations):
+        problems.append(f"--annotations {annotations}: " + ("is a directory, not a file" if os.path.isdir(annotations)
+                                                            else "no such file"))
+    if not os.path.isdir(video_root):
+        problems.append(f"--video_root {video_root}: " + ("is a file, not a folder" if os.path.exists(video_root)
+                                                         else "no such folder"))
+    if os.path.isdir(out):
+        problems.append(f"--out {out}: is a directory (expected a .jsonl file to write)")
+    elif not writable_dir(os.path.dirname(os.path.abspath(out))):
+        problems.append(f"--out {out}: cannot create or write to its folder")
+    return "; ".join(problems) or None
+
+
+def report_missing_videos(records, video_root, show=3):
+    """Say how many records point at a video (or image) that is not there: they will be skipped when the
+    records are read. Returns that count."""
+    missing = [r["video"] for r in records if not os.path.isfile(r["video"])]
+    if missing:
+        print(f"warning: {len(missing)} of {len(records)} records name a video that is not under --video_root "
+              f"{video_root} (first: {', '.join(missing[:show])}); they are kept, and skipped by the scripts "
+              "that read them until the files are there", file=sys.stderr)
+    return len(missing)
 
 
 def _check_unique_ids(path, records):

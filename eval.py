@@ -28,13 +28,13 @@ max_samples = 0               # 0: all
 samples_per_question = 1      # 1: greedy; n > 1: n answers at `temperature`, accuracy averaged
 temperature = 1.0
 sampler = "auto"              # fast (sampler.py) | hf (transformers' generate) | auto (fast)
-decode_compile = None         # fast sampler on CUDA: torch.compile its decode step (None: for models >= 100M)
+decode_compile: bool | None = None  # fast sampler on CUDA: torch.compile its decode step (None: models >= 100M)
 decode_graph = True           # fast sampler on CUDA: capture its decode step in a CUDA graph
 batch_size = 64              # questions per generate call; wider is faster on CPU, same greedy answers
 max_new_tokens = 64
 num_frames = 8
 max_pixels = 112 * 112
-fps = None                    # frames sampled at this rate (at most num_frames); None: spread over the clip
+fps: float | None = None      # frames sampled at this rate (at most num_frames); None: spread over the clip
 device = "auto"               # auto: cuda when a GPU is visible, else cpu
 dtype = "auto"                # auto: bfloat16 on cuda, float32 on cpu
 seed = 0
@@ -51,17 +51,31 @@ def setting_problems(c):
         (c["batch_size"] >= 1, f"batch_size={c['batch_size']}: need >= 1"),
         (c["max_new_tokens"] >= 1, f"max_new_tokens={c['max_new_tokens']}: need >= 1"),
         (not model_problem(c["model"]), f"model: {model_problem(c['model'])}"),
+        (os.path.isfile(c["data"]), f"data: cannot read data: {c['data']}: no such file"),
         (writable_dir(os.path.dirname(output_path(c)) or "."),
          f"out_file={output_path(c)!r}: cannot create or write to its folder"),
     ]
 
 
+def setting_warnings(c, given):
+    """Allowed but inert: a temperature for greedy answers."""
+    return [("temperature" not in given or c["samples_per_question"] > 1,
+             f"temperature={c['temperature']} does nothing with samples_per_question=1 (greedy answers; it acts "
+             "only with samples_per_question > 1)")]
+
+
 def model_problem(path):
     """None when `path` is a train.py / sft.py checkpoint (ckpt.pt or its folder) or a loadable model."""
+    from checkpoint import torch_file_problem
     from model import source_problem
     if path.endswith(".pt"):
-        return None if os.path.isfile(path) else f"{path}: no such checkpoint file"
-    return None if os.path.isfile(os.path.join(path, "ckpt.pt")) else source_problem(path)
+        if not os.path.isfile(path):
+            return f"{path}: no such checkpoint file"
+        problem = torch_file_problem(path)
+        return f"{path}: {problem}" if problem else None
+    if os.path.isfile(os.path.join(path, "ckpt.pt")):
+        return model_problem(os.path.join(path, "ckpt.pt"))
+    return source_problem(path)
 
 
 def output_path(c):
@@ -169,10 +183,18 @@ def load_any_policy(path, device="cpu", dtype="float32"):
     torch_dtype = getattr(torch, dtype)
     ckpt_file = path if path.endswith(".pt") else os.path.join(path, "ckpt.pt")
     if os.path.isfile(ckpt_file):
-        from checkpoint import safe_load
+        from checkpoint import load_weights, safe_load
+        from model import source_problem
         ckpt = safe_load(ckpt_file)                                 # tensors and plain types only
-        policy, processor = load_policy(ckpt["config"]["init_from"], dtype=torch_dtype, device=device)
-        policy.load_state_dict(ckpt["model"])
+        init_from = ckpt.get("config", {}).get("init_from") if isinstance(ckpt, dict) else None
+        if not isinstance(init_from, str) or not isinstance(ckpt.get("model"), dict):
+            raise SystemExit(f"{ckpt_file}: not a train.py / sft.py checkpoint (expected a dict with 'model' "
+                             "weights and the run's 'config' naming its init_from)")
+        if source_problem(init_from):
+            raise SystemExit(f"{ckpt_file}: its model is built from init_from, which does not load: "
+                             f"{source_problem(init_from)}")
+        policy, processor = load_policy(init_from, dtype=torch_dtype, device=device)
+        load_weights(policy, ckpt["model"], ckpt_file)
         return policy, processor
     if path.endswith(".pt"):
         raise SystemExit(f"{path}: no such checkpoint file")
@@ -180,7 +202,7 @@ def load_any_policy(path, device="cpu", dtype="float32"):
 
 
 def main():
-    config = configure(globals(), sys.argv[1:], CHOICES, setting_problems)
+    config = configure(globals(), sys.argv[1:], CHOICES, setting_problems, setting_warnings)
     torch.manual_seed(seed)
     records = read_records_or_exit(data)                            # fail before loading the model
     policy, processor = load_any_policy(model, device=device, dtype=dtype)

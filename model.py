@@ -174,16 +174,62 @@ def source_problem(name):
     if os.path.isdir(name):
         if not os.path.isfile(os.path.join(name, "config.json")):
             return f"{name}: directory has no config.json; not a saved model"
-        return None
+        return folder_problem(name)
     if HUB_ID_RE.fullmatch(name) and not os.path.isdir(name.split("/")[0]):
         return None
     return (f"{name}: no such model directory (expected a directory written by save_pretrained "
             "or a hub id like 'Qwen/Qwen2.5-VL-7B-Instruct')")
 
 
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def folder_problem(folder):
+    """What keeps a save_pretrained folder from loading, found without loading it: config.json that is not
+    JSON, no weights, a weights index naming missing files, a safetensors file whose header is damaged or
+    that ends before its tensors do (truncated), no tokenizer. None when none of these."""
+    import json
+    from safetensors import SafetensorError, safe_open
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            json.load(f)
+    except (ValueError, OSError) as e:
+        return f"{folder}/config.json: not readable JSON ({e})"
+    files = [f for f in WEIGHT_FILES if os.path.isfile(os.path.join(folder, f))]
+    for index in WEIGHT_INDEXES:
+        path = os.path.join(folder, index)
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    files += sorted(set(json.load(f)["weight_map"].values()))
+            except (ValueError, OSError, KeyError, TypeError, AttributeError) as e:
+                return f"{path}: not a weights index (JSON with a weight_map) ({type(e).__name__}: {e})"
+    if not files:
+        return (f"{folder}: no weights (expected {' or '.join(WEIGHT_FILES)}, or an index "
+                f"{' / '.join(WEIGHT_INDEXES)} with its shards)")
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{path}: missing (the weights index names it)"
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(path, "pt"):
+                    pass
+            except (SafetensorError, OSError) as e:
+                why = "truncated (it ends before its tensors do)" if "not fully covered" in str(e) else "corrupt"
+                return f"{path}: {why}: not a loadable safetensors file ({e})"
+    if not any(os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+        return f"{folder}: no tokenizer (tokenizer.json / tokenizer_config.json): the processor cannot be loaded"
+    return None
+
+
 def _check_source(name_or_path):
-    """`name_or_path` as a string; FileNotFoundError naming it when source_problem finds one."""
+    """`name_or_path` as a string; FileNotFoundError (a path that is not a model folder) or SystemExit
+    (a model folder that cannot load) naming it when source_problem finds a problem."""
     problem = source_problem(name_or_path)
+    if problem and os.path.isdir(name_or_path) and os.path.isfile(os.path.join(name_or_path, "config.json")):
+        raise SystemExit(problem)
     if problem:
         raise (NotADirectoryError if "found a file" in problem else FileNotFoundError)(problem)
     return os.fspath(name_or_path)
@@ -196,8 +242,10 @@ def load_policy(name_or_path, dtype=torch.float32, device="cpu", attn_implementa
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype,
                                                             attn_implementation=attn_implementation)
         processor = AutoProcessor.from_pretrained(name)
-    except OSError as e:
-        raise OSError(f"{name}: could not load as a local directory or a hub id: {e}") from e
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as e:
+        lines = [line for line in str(e).splitlines() if line.strip()] or [""]
+        raise SystemExit(f"{name}: cannot load the model as a local directory or a hub id "
+                         f"({type(e).__name__}: {lines[0][:300]})") from e
     return patch_embed_as_matmul(group_vision_windows(share_repeated_videos(model.to(device)))), processor
 
 

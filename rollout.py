@@ -13,6 +13,7 @@ of one prompt contiguous (the layout `reg_grpo.py` expects). Every tensor a loss
 
 Rewards are plain functions of (completion text, record), in rewards.py.
 """
+import functools
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,22 +93,57 @@ def prompt_length(processor, sample):
     return n
 
 
-def drop_long_prompts(processor, samples, max_positions, max_new_tokens, log=print, skipped=None):
-    """The samples whose encoded prompt plus max_new_tokens fits the model's `max_positions`; the
-    others are logged ("skip file:LINE (id): ...") and counted into `skipped` as "prompt too long"."""
+def length_problem(processor, sample, max_positions, answer_tokens, answer="new"):
+    """The one length rule of every split (validation, RL training prompts, SFT demonstrations): the
+    encoded prompt (text, video and image tokens) plus the answer's tokens (the sampling budget
+    max_new_tokens, or an SFT target's length) must fit the model's `max_positions`. The reason a
+    sample breaks it, or None.
+
+    A record without decoded "frames" is judged on its question alone (train.py asks before decoding a
+    drawn record's video; the chat template puts special tokens on both sides of the question, so its
+    tokens are the prompt's own). A question far too long is found without tokenizing it (80 000
+    characters take 50 ms to tokenize, too slow for a whole split of them): no token covers more than
+    the vocabulary's longest token's bytes, so the prompt has at least bytes(question) / that many."""
+    tok = getattr(processor, "tokenizer", processor)
+    question = format_question(sample)
+    floor = -(-len(question.encode("utf-8")) // longest_token_bytes(tok))
+    if "frames" in sample and floor <= max_positions:
+        n = prompt_length(processor, sample)
+        if n + answer_tokens <= max_positions:
+            return None
+        return f"prompt of {n} tokens + {answer_tokens} {answer} tokens exceeds the model's {max_positions} positions"
+    if floor + answer_tokens <= max_positions and "frames" not in sample:
+        floor = len(tok(question, add_special_tokens=False)["input_ids"])
+    if floor + answer_tokens <= max_positions:
+        return None
+    return (f"prompt of at least {floor} tokens (its question alone) + {answer_tokens} {answer} tokens exceeds "
+            f"the model's {max_positions} positions")
+
+
+@functools.lru_cache(maxsize=8)
+def longest_token_bytes(tokenizer):
+    """The most UTF-8 bytes any token's text takes (byte-level vocabularies write one byte as one or two)."""
+    return max(len(t.encode("utf-8")) for t in tokenizer.get_vocab())
+
+
+def drop_long_prompts(processor, samples, max_positions, max_new_tokens, log=print, skipped=None, answer="new"):
+    """The samples that keep the length rule (length_problem); the others are logged ("skip file:LINE
+    (id): ...") and counted into `skipped` as "prompt too long". max_new_tokens: the answer's tokens,
+    a number, or a function of the sample (an SFT target's length)."""
     kept = []
     for s in samples:
-        n = prompt_length(processor, s)
-        if n + max_new_tokens <= max_positions:
+        budget = max_new_tokens(s) if callable(max_new_tokens) else max_new_tokens
+        problem = length_problem(processor, s, max_positions, budget, answer)
+        if problem is None:
             kept.append(s)
             continue
-        log(f"skip {s.get('where', s['id'])} ({s['id']}): prompt of {n} tokens + {max_new_tokens} new "
-            f"tokens exceeds the model's {max_positions} positions")
+        log(f"skip {s.get('where', s['id'])} ({s['id']}): {problem}")
         if skipped is not None:
             skipped["prompt too long"] = skipped.get("prompt too long", 0) + 1
     if samples and not kept:
+        budget = "its answer" if callable(max_new_tokens) else f"{max_new_tokens} new tokens"
         raise SystemExit(f"{samples[0].get('where', samples[0]['id']).rsplit(':', 1)[0]}: no usable records: "
-                         f"every prompt + {max_new_tokens} new tokens exceeds {max_positions} positions")
+                         f"every prompt + {budget} exceeds {max_positions} positions")
     return kept
 
 

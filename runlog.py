@@ -16,8 +16,10 @@ RUN_FILES = ("log.jsonl", "summary.json", "ckpt.pt", "ckpt", "model")
 
 
 def refuse_previous_run(out_dir):
-    """A fresh run never mixes with an earlier one: it stops if out_dir already holds a run."""
-    found = [name for name in RUN_FILES if os.path.lexists(os.path.join(out_dir, name))]
+    """A fresh run never mixes with an earlier one: it stops if out_dir already holds a run. An empty
+    log.jsonl is no run: one that stopped before its first step (bad data found while drawing) wrote it."""
+    found = [name for name in RUN_FILES if os.path.lexists(os.path.join(out_dir, name))
+             and not (name == "log.jsonl" and os.path.getsize(os.path.join(out_dir, name)) == 0)]
     if found:
         raise SystemExit(f"{out_dir}: holds a previous run ({', '.join(found)}); continue it with "
                          "--resume=True, or remove those files or choose another --out_dir")

@@ -28,21 +28,23 @@ from types import SimpleNamespace
 
 import torch
 
-from checkpoint import (barrier, checkpoint_path, load_states, remove_checkpoint, rng_state, safe_load, save_checkpoint,
-                        save_full_model, set_rng_state, unwrap)
-from configurator import DTYPES, configure, video_problems, writable_dir
+from checkpoint import (barrier, check_resume_settings, checkpoint_path, load_states, remove_checkpoint, rng_state,
+                        safe_load, save_checkpoint, save_full_model, set_rng_state, unwrap)
+from configurator import DTYPES, configure, inert_settings, video_problems, warmup_warning, writable_dir
 from dataset import format_question, load_samples, read_records_or_exit
 from distributed import all_reduce_sum, leave_process_group, setup_distributed, wrap_policy
 from logprobs import completion_logps
-from model import enable_gradient_checkpointing, freeze_vision as freeze_vision_tower, load_policy, source_problem
-from model import tiny_qwen25vl
-from rollout import SYSTEM_PROMPT, encode_prompts, join_prompt_completion, reference_completion, to_device
+from model import enable_gradient_checkpointing, freeze_vision as freeze_vision_tower, load_policy, max_positions
+from model import source_problem, tiny_qwen25vl
+from rollout import (SYSTEM_PROMPT, drop_long_prompts, encode_prompts, join_prompt_completion, reference_completion,
+                     to_device)
 from step import autocast
 from eval import eval_key, evaluate, format_table
 
 # -----------------------------------------------------------------------------
 out_dir = "out/tiny-sft"
 resume = False                # continue the unfinished run whose checkpoint out_dir holds
+resume_changes = ""           # settings a resume may change besides RESUME_MAY_CHANGE: "all", or keys "batch_size,seed"
 checkpoint_interval = 200     # steps; a killed run loses at most this many (the checkpoint goes when the run ends)
 init_from = "tiny"            # "tiny": random-init tiny Qwen2.5-VL, tokenizer trained on the data
 train_data = "data/synthetic/sft.jsonl"   # the teacher's demonstrations (see data/synthetic/prepare.py)
@@ -59,7 +61,7 @@ eval_samples = 1000
 max_new_tokens = 48           # the evaluation's answer budget (train.py's: its step 0 reuses this evaluation)
 num_frames = 8
 max_pixels = 112 * 112
-fps = None                    # frames sampled at this rate (at most num_frames); None: spread over the clip
+fps: float | None = None      # frames sampled at this rate (at most num_frames); None: spread over the clip
 device = "auto"               # auto: cuda when a GPU is visible (one per rank under torchrun), else cpu
 dtype = "auto"                # compute dtype and the saved weights' dtype; auto: bfloat16 on cuda, float32 on cpu
 master_dtype = "float32"      # trained weights, gradients, AdamW states; bfloat16 to save memory
@@ -68,6 +70,12 @@ gradient_checkpointing = False
 seed = 0
 # -----------------------------------------------------------------------------
 CHOICES = {"dtype": DTYPES, "master_dtype": DTYPES, "distributed": ("ddp", "fsdp")}
+ACTS_ONLY_WITH = {"resume_changes": {"resume": (True,)}}
+# what a resume may change: the evaluation at the end, intervals, how the same arithmetic is run; any other
+# difference (data, model, schedule, batch, seed, dtypes) is refused unless resume_changes names it; max_steps
+# too while the learning rate decays over it (min_lr_ratio < 1)
+RESUME_MAY_CHANGE = ("resume", "resume_changes", "out_dir", "max_steps", "checkpoint_interval", "val_data",
+                     "eval_samples", "max_new_tokens", "device", "distributed", "gradient_checkpointing")
 
 
 def setting_problems(c):
@@ -83,10 +91,19 @@ def setting_problems(c):
         (c["grad_clip"] > 0, f"grad_clip={c['grad_clip']}: need > 0"),
         (c["eval_samples"] >= 1, f"eval_samples={c['eval_samples']}: need >= 1"),
         (c["max_new_tokens"] >= 1, f"max_new_tokens={c['max_new_tokens']}: need >= 1"),
+        (c["master_dtype"] in ("float32", c["dtype"]),
+         f"master_dtype={c['master_dtype']!r} with dtype={c['dtype']!r}: the trained weights cannot be coarser "
+         "than the compute; master_dtype float32, or the same as dtype"),
         (writable_dir(c["out_dir"]), f"out_dir={c['out_dir']!r}: cannot create or write to this directory"),
         (c["init_from"] == "tiny" or not source_problem(c["init_from"]),
          f"init_from: {source_problem(c['init_from'])}"),
+        (os.path.isfile(c["train_data"]), f"train_data: cannot read data: {c['train_data']}: no such file"),
+        (os.path.isfile(c["val_data"]), f"val_data: cannot read data: {c['val_data']}: no such file"),
     ]
+
+
+def setting_warnings(c, given):
+    return inert_settings(c, given, ACTS_ONLY_WITH) + [warmup_warning(c)]
 
 
 def require_batch(samples, what):
@@ -103,12 +120,16 @@ def corpus_texts(records):
     return texts
 
 
+def target_ids(tok, sample):
+    """The tokens SFT teaches for a sample: its reference completion ending in <|im_end|>."""
+    return tok(reference_completion(sample) + "<|im_end|>", add_special_tokens=False)["input_ids"]
+
+
 def sft_batch(processor, samples):
     """Prompts with their videos, then the reference completion ending in <|im_end|>."""
     tok = processor.tokenizer
     prompt = encode_prompts(processor, samples, [s["frames"] for s in samples])
-    targets = [tok(reference_completion(s) + "<|im_end|>", add_special_tokens=False)["input_ids"]
-               for s in samples]
+    targets = [target_ids(tok, s) for s in samples]
     T = max(map(len, targets))
     completion = torch.full((len(samples), T), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros(len(samples), T, dtype=torch.long)
@@ -141,9 +162,18 @@ def saved_run(sharded):
     return safe_load(path)
 
 
+def check_resume(saved, config):
+    """The checkpoint's run and this one may differ only in what RESUME_MAY_CHANGE (and resume_changes) allow."""
+    may_change = [k for k in RESUME_MAY_CHANGE if k != "max_steps" or min_lr_ratio == 1]
+    check_resume_settings(out_dir, saved.get("config", {}), config, may_change, resume_changes)
+    if saved["step"] >= max_steps:
+        raise SystemExit(f"{out_dir}: its checkpoint is at step {saved['step']}: nothing left to run with "
+                         f"max_steps={max_steps}")
+
+
 def main():
     global device
-    config = configure(globals(), sys.argv[1:], CHOICES, setting_problems)
+    config = configure(globals(), sys.argv[1:], CHOICES, setting_problems, setting_warnings)
     rank, local_rank, world_size = setup_distributed(device)
     if device.startswith("cuda") and world_size > 1:
         device = f"cuda:{local_rank}"
@@ -151,6 +181,8 @@ def main():
     master, sharded = rank == 0, distributed == "fsdp" and world_size > 1
     say = print if master else (lambda *a, **k: None)
     saved = saved_run(sharded)
+    if saved:
+        check_resume(saved, config)
     torch.manual_seed(seed)
     rng = random.Random(seed)                # the same on every rank: all ranks draw the same batches
     records = read_records_or_exit(train_data)
@@ -168,9 +200,13 @@ def main():
         enable_gradient_checkpointing(policy)
     compute = autocast(SimpleNamespace(dtype=dtype, master_dtype=master_dtype, distributed=distributed, device=device))
     samples = load_samples(records, num_frames=num_frames, max_pixels=max_pixels, fps=fps, log=say)
-    require_batch(samples, "records with a readable video")
+    positions = max_positions(policy)            # the length rule of every split (rollout.length_problem)
+    samples = drop_long_prompts(processor, samples, positions, lambda s: len(target_ids(processor.tokenizer, s)),
+                                log=say, answer="target")
+    require_batch(samples, "records with a readable video and a prompt + target that fit the model")
     val = load_samples(read_records_or_exit(val_data)[:eval_samples], num_frames=num_frames, max_pixels=max_pixels,
                        fps=fps, log=say)
+    val = drop_long_prompts(processor, val, positions, max_new_tokens, log=say)
     model = wrap_policy(policy, device, world_size, distributed, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)

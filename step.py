@@ -7,6 +7,7 @@ redo, on what video or with what hint -> re-sample -> splice), then the policy u
 `s` is a namespace of train.py's settings (train.settings(); its config block says what each does).
 """
 import random
+from collections import Counter
 from contextlib import nullcontext
 
 import torch
@@ -20,31 +21,38 @@ from reg_grpo import grpo_loss, rebel_loss, reg_grpo_loss
 from rollout import concat_rollouts, generate_rollout, micro_batches, to_device
 
 
-def draw_prompts(s, records, rng, n, skipped):
-    """n records with decoded videos; a record whose video fails to decode is reported and skipped
-    (skipped: id -> reason, shared across steps)."""
+def draw_prompts(s, records, rng, n, skipped, too_long=None):
+    """n records with decoded videos; a record whose video fails to decode, or whose prompt breaks the
+    length rule (too_long(sample): the reason, or None), is reported and skipped (skipped: id -> reason,
+    shared across steps). When every record is skipped the run cannot go on: SystemExit with the counts."""
     picked = []
     while len(picked) < n:
         record = records[rng.randrange(len(records))]
         if record["id"] in skipped:
             continue
-        try:
-            sample = read_sample(record, num_frames=s.num_frames, max_pixels=s.max_pixels, fps=s.fps)
-        except VideoError as e:
-            skipped[record["id"]] = e.kind
-            print(f"skipping {record.get('where')} ({record['id']}): {e} ({len(skipped)} skipped so far)")
-            if len(skipped) == len(records):
-                raise SystemExit(f"{s.train_data}: no usable records: no record has a readable video")
+        problem, kind = too_long(record) if too_long else None, "prompt too long"     # its text, before decoding
+        if problem is None:
+            try:
+                sample = read_sample(record, num_frames=s.num_frames, max_pixels=s.max_pixels, fps=s.fps)
+                problem = too_long(sample) if too_long else None
+            except VideoError as e:
+                problem, kind = str(e), e.kind
+        if problem is None:
+            picked.append(sample)
             continue
-        picked.append(sample)
+        skipped[record["id"]] = kind
+        print(f"skipping {record.get('where')} ({record['id']}): {problem} ({len(skipped)} skipped so far)")
+        if len(skipped) == len(records):
+            counts = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(skipped.values()).items()))
+            raise SystemExit(f"{s.train_data}: no usable records: all {len(records)} skipped ({counts})")
     return picked
 
 
-def prompts_of_step(s, records, step, rank, skipped):
+def prompts_of_step(s, records, step, rank, skipped, too_long=None):
     """The prompts of one step, drawn with a random stream of their own (seed, rank, step): the draw
     runs ahead in a background thread without moving any state a checkpoint saves, and a resumed run
     draws the same prompts."""
-    return draw_prompts(s, records, random.Random(f"{s.seed}:{rank}:{step}"), s.prompts_per_step, skipped)
+    return draw_prompts(s, records, random.Random(f"{s.seed}:{rank}:{step}"), s.prompts_per_step, skipped, too_long)
 
 
 def autocast(s):

@@ -10,6 +10,7 @@ the groups of too-easy samples on a noisier video and of too-hard samples with a
 advantages -> `num_iterations` optimisation passes -> push the step's rewards into the buffer.
 On the embedded default a missing dataset or SFT warm start is made first (prepare.py, sft.py).
 """
+import copy
 import json
 import math
 import os
@@ -26,8 +27,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import export_model, load_run_state, load_states, rng_state, save_checkpoint, set_rng_state, unwrap
-from configurator import DTYPES, configure, is_setting, video_problems, writable_dir
+from checkpoint import (check_resume_settings, export_model, load_run_state, load_states, rng_state, save_checkpoint,
+                        set_rng_state, unwrap)
+from configurator import DTYPES, configure, inert_settings, is_setting, video_problems, warmup_warning, writable_dir
 from dataset import load_samples, read_records_or_exit
 from distributed import (all_gather_floats, all_gather_objects_or_self, any_rank, check_ranks_in_sync,
                          leave_process_group, mean_over_ranks, setup_distributed, shard, wrap_policy)
@@ -37,7 +39,7 @@ from model import compile_decoder_layers, compile_seconds, enable_gradient_check
 from model import freeze_vision as freeze_vision_tower, load_policy, load_reference, max_positions, source_problem
 from reg_grpo import group_advantages
 from remedies import dynamic_sampling, group_replay
-from rollout import drop_long_prompts, reference_logps
+from rollout import drop_long_prompts, length_problem, reference_logps
 from runlog import open_log, refuse_previous_run, start_wandb, step_row, write_summary
 from step import autocast, draw_prompts, policy_update, prompts_of_step, sample_groups, sample_with_augmentation
 
@@ -48,6 +50,7 @@ init_from = "out/tiny-sft"    # policy to start from: save_pretrained folder or 
 train_data = "data/synthetic/train.jsonl"
 val_data = "data/synthetic/val.jsonl"
 resume = False                # continue from out_dir's checkpoint (a fresh run refuses an out_dir holding one)
+resume_changes = ""           # settings a resume may change besides RESUME_MAY_CHANGE: "all", or keys "loss,beta"
 checkpoint_interval = 25      # steps; a killed run loses at most this many
 export_every_checkpoint = False  # out_dir/model (save_pretrained folder) at each checkpoint; always at the end
 wandb_log = False             # also log the rows to Weights & Biases (needs wandb installed)
@@ -87,12 +90,12 @@ max_new_tokens = 48
 temperature = 1.0
 top_p = 1.0
 sampler = "auto"              # fast (sampler.py) | hf (transformers' generate) | auto: fast
-decode_compile = None         # fast sampler on CUDA: torch.compile its decode step (None: for language models of
+decode_compile: bool | None = None  # fast sampler on CUDA: torch.compile its decode step (None: for language models of
                               # >= 100M parameters, where it pays for its compile; False: eager, to bisect)
 decode_graph = True           # fast sampler on CUDA: capture its decode step in CUDA graphs (off: to bisect)
 num_frames = 8
 max_pixels = 112 * 112
-fps = None                    # frames sampled at this rate (at most num_frames); None: spread over the clip
+fps: float | None = None      # frames sampled at this rate (at most num_frames); None: spread over the clip
 # optimisation
 max_steps = 100
 max_answers = 0               # stop once this many answers were generated (0: off); equal budgets
@@ -123,6 +126,28 @@ CHOICES = {"loss": ("reg_grpo", "grpo", "rebel"), "reg_form": ("scaled", "paper"
            "harder_mode": ("noise", "mask"), "vanishing_fix": ("none", "dynamic_sampling", "group_replay"),
            "dtype": DTYPES, "master_dtype": DTYPES, "distributed": ("ddp", "fsdp"),
            "attn_implementation": ("sdpa", "flash_attention_2", "eager"), "sampler": ("auto", "fast", "hf")}
+# settings that act only under certain values of others: given with other values they do nothing (a warning)
+ACTS_ONLY_WITH = {
+    "reg_form": {"loss": ("reg_grpo",)}, "std_floor": {"loss": ("reg_grpo",)},
+    "rho_token_mean": {"loss": ("reg_grpo",)}, "clip_eps": {"loss": ("grpo",)}, "rebel_eta": {"loss": ("rebel",)},
+    "adv_eps": {"loss": ("reg_grpo", "grpo")},
+    "harder_mode": {"augment": ("harder", "both")}, "hint_trace_samples": {"augment": ("easier", "both")},
+    "noise_sigma0": {"augment": ("harder", "both"), "harder_mode": ("noise",)},
+    "difficulty_margin": {"augment": ("harder", "easier", "both")},
+    "augment_flat_only": {"augment": ("harder", "easier", "both")},
+    "resample_rounds": {"vanishing_fix": ("dynamic_sampling",)},
+    "replay_capacity": {"vanishing_fix": ("group_replay",)},
+    "wandb_project": {"wandb_log": (True,)}, "wandb_run_name": {"wandb_log": (True,)},
+    "resume_changes": {"resume": (True,)},
+}
+# what a resume may change: run length, intervals, logging, and how the same arithmetic is run. Any other
+# difference from the checkpoint's settings (method, model, data, schedule, dtypes, seed) is refused unless
+# resume_changes names it; max_steps too while the learning rate decays over it (min_lr_ratio < 1)
+RESUME_MAY_CHANGE = ("resume", "resume_changes", "out_dir", "max_steps", "max_answers", "checkpoint_interval",
+                     "export_every_checkpoint", "eval_interval", "eval_samples", "wandb_log", "wandb_project",
+                     "wandb_run_name", "device", "distributed", "attn_implementation", "sampler", "decode_compile",
+                     "decode_graph", "compile", "gradient_checkpointing", "micro_batch_groups", "rows_per_forward",
+                     "pack_groups")
 
 
 def setting_problems(c):
@@ -158,16 +183,47 @@ def setting_problems(c):
         (c["warmup_steps"] >= 0, f"warmup_steps={c['warmup_steps']}: need >= 0"),
         (c["weight_decay"] >= 0, f"weight_decay={c['weight_decay']}: need >= 0"),
         (c["grad_clip"] > 0, f"grad_clip={c['grad_clip']}: need > 0"),
+        (c["hint_trace_samples"] >= 1, f"hint_trace_samples={c['hint_trace_samples']}: need >= 1"),
+        (c["master_dtype"] in ("float32", c["dtype"]),
+         f"master_dtype={c['master_dtype']!r} with dtype={c['dtype']!r}: the trained weights cannot be coarser "
+         "than the compute; master_dtype float32, or the same as dtype"),
+        (c["attn_implementation"] != "flash_attention_2" or c["device"].startswith("cuda") and flash_attn_installed(),
+         f"attn_implementation='flash_attention_2' needs a CUDA device and the flash_attn package "
+         f"(device={c['device']!r}, flash_attn {'installed' if flash_attn_installed() else 'not installed'})"),
+        resume_keys_problem(c),
     ]
 
 
+def setting_warnings(c, given):
+    """Allowed but inert: settings the chosen method never reads, a warmup longer than the run."""
+    return inert_settings(c, given, ACTS_ONLY_WITH) + [warmup_warning(c)]
+
+
+def flash_attn_installed():
+    import importlib.util
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def resume_keys_problem(c):
+    """resume_changes: "all", or setting names."""
+    unknown = [k for k in c["resume_changes"].split(",") if k.strip() and k.strip() not in c and k.strip() != "all"]
+    return (not unknown, f"resume_changes={c['resume_changes']!r}: {', '.join(map(repr, unknown))} "
+                         "not a setting (expected \"all\" or setting names separated by commas)")
+
+
 def path_problems(c):
-    """Paths checked at start: a mistyped model path, an out_dir we cannot write."""
+    """Paths checked at start: a mistyped model or data path, an out_dir we cannot write (every one listed).
+    The embedded default's data and model are made when missing."""
     out_ok = writable_dir(c["out_dir"])        # first: then out/ exists, and out/nope reads as a path
+    made = c["train_data"] == EMBEDDED_DATA    # prepare.py writes train, val and sft splits side by side
     return [
         (out_ok, f"out_dir={c['out_dir']!r}: cannot create or write to this directory"),
         (c["init_from"] == EMBEDDED_SFT or not source_problem(c["init_from"]),
          f"init_from: {source_problem(c['init_from'])}"),
+        (made or os.path.isfile(c["train_data"]),
+         f"train_data: cannot read data: {c['train_data']}: no such file"),
+        (os.path.isfile(c["val_data"]) or made and os.path.dirname(c["val_data"]) == os.path.dirname(EMBEDDED_DATA),
+         f"val_data: cannot read data: {c['val_data']}: no such file"),
     ]
 
 
@@ -224,7 +280,8 @@ def sft_eval_of_start(n_questions):
 
 def main():
     global device, pack_groups
-    config = configure(globals(), sys.argv[1:], CHOICES, lambda c: setting_problems(c) + path_problems(c))
+    config = configure(globals(), sys.argv[1:], CHOICES, lambda c: setting_problems(c) + path_problems(c),
+                       setting_warnings)
     rank, local_rank, world_size = setup_distributed(device)
     if device.startswith("cuda") and world_size > 1:
         device = f"cuda:{local_rank}"
@@ -232,6 +289,12 @@ def main():
     master = rank == 0
     sharded = distributed == "fsdp" and world_size > 1
     saved = load_run_state(out_dir, sharded, world_size, prompts_per_step) if resume else None
+    if resume:
+        may_change = [k for k in RESUME_MAY_CHANGE if k != "max_steps" or min_lr_ratio == 1]
+        check_resume_settings(out_dir, saved.get("config", {}), config, may_change, resume_changes)
+        if saved["step"] >= max_steps or (max_answers and saved["answers_generated"] >= max_answers):
+            raise SystemExit(f"{out_dir}: its checkpoint is at step {saved['step']} ({saved['answers_generated']} "
+                             f"answers): nothing left to run with max_steps={max_steps}, max_answers={max_answers}")
     if not resume:
         refuse_previous_run(out_dir)
     wandb = start_wandb(wandb_project, wandb_run_name, config) if wandb_log and master else None
@@ -248,8 +311,14 @@ def main():
                        log=print if master else (lambda *a, **k: None), skipped=val_skips)
     policy, processor = load_policy(init_from, dtype=getattr(torch, master_dtype), device=device,
                                     attn_implementation=attn_implementation)
-    val = drop_long_prompts(processor, val, max_positions(policy), max_new_tokens,
+    positions = max_positions(policy)
+    val = drop_long_prompts(processor, val, positions, max_new_tokens,
                             log=print if master else (lambda *a, **k: None), skipped=val_skips)
+
+    drawing_processor = copy.deepcopy(processor)  # the drawing thread's own: a fast tokenizer is not thread-safe
+
+    def too_long(sample):                    # the same length rule for the training prompts, as they are drawn
+        return length_problem(drawing_processor, sample, positions, max_new_tokens)
     if freeze_vision:
         freeze_vision_tower(policy)
     if gradient_checkpointing:
@@ -325,15 +394,19 @@ def main():
     log_file = open_log(out_dir, step) if master else None
     bar = tqdm(total=max_steps, initial=step, disable=not master, desc="rl", dynamic_ncols=True)
     drawing = ThreadPoolExecutor(max_workers=1)  # decodes the next step's videos while this one runs
-    upcoming = drawing.submit(prompts_of_step, s, records, step, rank, skipped)
+    upcoming = drawing.submit(prompts_of_step, s, records, step, rank, skipped, too_long)
     while not finished():
         t0 = time.time()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        prompts = upcoming.result()
+        try:
+            prompts = upcoming.result()
+        except SystemExit:                   # no usable training record: the message on a line of its own
+            bar.close()
+            raise
         video_wait = time.time() - t0
         if step + 1 < max_steps:
-            upcoming = drawing.submit(prompts_of_step, s, records, step + 1, rank, skipped)
+            upcoming = drawing.submit(prompts_of_step, s, records, step + 1, rank, skipped, too_long)
         t_gen, compile_s = time.time(), compile_seconds()
         r_ref = buffer.mean()                # the r_ref that classifies this step (read before the push)
         with autocast(s):
@@ -341,7 +414,7 @@ def main():
                 s, generator_model, processor, prompts, r_ref, traces, gen, synced)
             if vanishing_fix == "dynamic_sampling":          # ablation only (remedies.py)
                 def sample_fresh():
-                    fresh = draw_prompts(s, records, rng, prompts_per_step, skipped)
+                    fresh = draw_prompts(s, records, rng, prompts_per_step, skipped, too_long)
                     return sample_groups(s, generator_model, processor, fresh, [p["frames"] for p in fresh],
                                          synced=synced)
                 rollout, n_extra = dynamic_sampling(rollout, group_size, resample_rounds, sample_fresh, any_rank)

@@ -66,15 +66,18 @@ def sample_times(start, end, num_frames=8, fps=None):
     return times
 
 
-def _decoded(container, stream, seconds=None):
+def _decoded(container, stream, seconds=None, lost=None):
     """Frames from the keyframe at or before `seconds` (None: where the demuxer is) to the end.
-    A packet the decoder rejects (damage inside the file) loses its frames, not the clip."""
+    A packet the decoder rejects (damage inside the file) loses its frames, not the clip; it is
+    counted into `lost` (a set of pts) when given (see _check_damage)."""
     if seconds is not None:
         container.seek(int(seconds / stream.time_base), stream=stream, backward=True)
     for packet in container.demux(stream):
         try:
             yield from packet.decode()
         except av.InvalidDataError:
+            if lost is not None:
+                lost.add(packet.pts)
             continue
 
 
@@ -82,13 +85,13 @@ class _SeekFailed(Exception):
     pass
 
 
-def _seek_before(container, stream, t, start):
+def _seek_before(container, stream, t, start, lost=None):
     """Decoded frames from a keyframe that starts at or before t. Containers may index keyframes
     by decode time, which runs ahead of presentation time with B-frames: when a seek lands after
     t, seek again further back."""
     back = 0.0
     while True:
-        frames = _decoded(container, stream, max(start, t - back))
+        frames = _decoded(container, stream, max(start, t - back), lost)
         first = next(frames, None)
         if first is not None and first.time is not None and first.time <= t + TIME_EPS:
             return itertools.chain([first], frames)
@@ -98,20 +101,20 @@ def _seek_before(container, stream, t, start):
         back = max(SEEK_AHEAD, 2 * back)
 
 
-def _on_screen(container, stream, targets, seek, start, rate):
+def _on_screen(container, stream, targets, seek, start, rate, lost=None):
     """[(frame, time)] on screen at each target time (sorted, seconds): the last frame starting at
     or before it. seek: a target more than SEEK_AHEAD s past the decoder is reached by seeking to
     the keyframe before it; otherwise the stream is decoded once from where the demuxer is. Frames
     without timestamps (raw streams, never seeked) are timed by index / rate."""
     picked, cur, ahead, index = [], None, None, 0
-    frames = iter(()) if seek else _decoded(container, stream)
+    frames = iter(()) if seek else _decoded(container, stream, lost=lost)
     for t in targets:
         if ahead is not None and ahead[1] > t + TIME_EPS:  # still on screen
             picked.append(cur)
             continue
         here = (ahead or cur or (None, -math.inf))[1]
         if seek and t - here > SEEK_AHEAD:
-            frames, cur, ahead = _seek_before(container, stream, t, start), None, None
+            frames, cur, ahead = _seek_before(container, stream, t, start, lost), None, None
         elif ahead is not None:
             cur, ahead = ahead, None
         for frame in frames:
@@ -221,7 +224,11 @@ def read_video(path, num_frames=8, fps=None, max_pixels=112 * 112, size_multiple
     that cannot be seeked in is decoded from the start (a warning says so once).
     Rotation tags and non-square pixels are applied, then frames are resized keeping the display
     aspect ratio so that H * W <= max_pixels and H, W are multiples of size_multiple.
-    Missing, empty, truncated and non-video files raise VideoError("<path>: <reason>").
+    Missing, empty, truncated and non-video files raise VideoError("<path>: <reason>"), and so does a
+    clip whose packets failed to decode over most of the sampled times (see _check_damage).
+    Truncation is found where the file says how long it is (a duration in the header, a packet cut
+    short); a fragmented mp4 cut exactly at a fragment boundary says neither (each fragment is
+    complete and carries its own length) and reads as a complete, shorter clip.
     """
     path = str(path)
     if not os.path.exists(path):
@@ -234,7 +241,10 @@ def read_video(path, num_frames=8, fps=None, max_pixels=112 * 112, size_multiple
         with av.open(path) as container:
             stream, first, start, end, seekable = _plan(container, path)
             targets = sample_times(start, end, num_frames, fps)
-            picked = _pick(path, container, stream, targets, start, seekable)
+            lost = set()
+            picked = _pick(path, container, stream, targets, start, seekable, lost)
+            if lost:
+                _check_damage(path, targets, picked, lost, _rate(stream))
             if fps is not None:  # sampling faster than the clip's own rate keeps each frame once
                 picked = [p for i, p in enumerate(picked) if i == 0 or p[1] != picked[i - 1][1]]
             turns = round(getattr(first, "rotation", 0) / 90) % 4  # counter-clockwise
@@ -255,18 +265,39 @@ def read_video(path, num_frames=8, fps=None, max_pixels=112 * 112, size_multiple
     return frames, np.array([time - start for _, time in picked])
 
 
-def _pick(path, container, stream, targets, start, seekable):
+def _pick(path, container, stream, targets, start, seekable, lost=None):
     """The (frame, time) on screen at each target: by seeking where it works, else linearly."""
     rate = _rate(stream)
     if seekable:
         try:
-            return _on_screen(container, stream, targets, True, start, rate)
+            return _on_screen(container, stream, targets, True, start, rate, lost)
         except (_SeekFailed, av.FFmpegError) as e:
             _warn_linear_once(path, e)
     with av.open(path) as c:  # decoded frames keep their own buffers after the file is closed
         s = c.streams.video[0]
         s.thread_type = "AUTO"
-        return _on_screen(c, s, targets, False, start, rate)
+        return _on_screen(c, s, targets, False, start, rate, lost)
+
+
+STALE_INTERVALS = 1.5  # a sampled frame that started this many frame intervals before its time is stale
+MAX_STALE = 0.5        # more than this fraction of stale sampled frames, after packets failed: rejected
+
+
+def _check_damage(path, targets, picked, lost, rate):
+    """After packets failed to decode: the frame on screen at a target time is the last good one
+    before it, so a long damaged stretch returns copies of one picture. A sampled frame that started
+    more than STALE_INTERVALS frame intervals (1 / rate) before its target is stale; more than
+    MAX_STALE of them rejects the clip (VideoError "damaged"), fewer are kept with a warning naming
+    the file. Clips whose packets all decode are never judged this way: a frame held on screen by
+    the file itself is not damage."""
+    gaps = [t - time for t, (_, time) in zip(targets, picked)]
+    stale = sum(g > STALE_INTERVALS / rate for g in gaps)
+    what = (f"{len(lost)} packets failed to decode, and {stale} of the {len(targets)} sampled frames repeat an "
+            f"earlier picture (up to {max(gaps):.2f} s old)")
+    if stale > MAX_STALE * len(targets):
+        raise VideoError(path, f"damaged: {what}; more than {MAX_STALE:.0%} of them rejects the clip")
+    if stale:
+        warnings.warn(f"{path}: {what}; kept (at most {MAX_STALE:.0%} may)", stacklevel=3)
 
 
 def write_video(path, frames, fps=4, qp=12, codec="libx264"):

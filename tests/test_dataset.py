@@ -204,7 +204,7 @@ def test_video_r1_bad_items_skipped_by_the_cli(tmp_path, capsys):
     items = [VIDEO_R1[0], dict(VIDEO_R1[1], problem=None), dict(VIDEO_R1[2], solution=7),
              dict(VIDEO_R1[0], problem_id=8, options="A. x\nB. y"), "not an item"]
     (tmp_path / "vr1.json").write_text(json.dumps(items))
-    main(["--annotations", str(tmp_path / "vr1.json"), "--video_root", "/v", "--out", str(tmp_path / "o.jsonl")])
+    main(["--annotations", str(tmp_path / "vr1.json"), "--video_root", str(tmp_path), "--out", str(tmp_path / "o.jsonl")])
     err = capsys.readouterr().err
     for i in (1, 2, 3, 4):
         assert f"skipped {tmp_path}/vr1.json: item {i}: " in err
@@ -212,19 +212,20 @@ def test_video_r1_bad_items_skipped_by_the_cli(tmp_path, capsys):
     assert [r["id"] for r in load_records(tmp_path / "o.jsonl")] == ["video_r1-7"]
     (tmp_path / "latin1.json").write_bytes('[{"problem": "caf\xe9"}]'.encode("latin-1"))
     with pytest.raises(SystemExit, match=r"cannot convert: .*latin1.json: not UTF-8 text \(byte 0xe9 at offset 17\)"):
-        main(["--annotations", str(tmp_path / "latin1.json"), "--video_root", "/v", "--out", str(tmp_path / "x.jsonl")])
+        main(["--annotations", str(tmp_path / "latin1.json"), "--video_root", str(tmp_path), "--out", str(tmp_path / "x.jsonl")])
     (tmp_path / "bad.json").write_text(json.dumps([{"problem": None}]))
     with pytest.raises(SystemExit, match=r"bad.json: no usable item \(1 skipped\)"):
-        main(["--annotations", str(tmp_path / "bad.json"), "--video_root", "/v", "--out", str(tmp_path / "x.jsonl")])
+        main(["--annotations", str(tmp_path / "bad.json"), "--video_root", str(tmp_path), "--out", str(tmp_path / "x.jsonl")])
 
 
 def test_video_r1_cli(tmp_path):
     from data.video_r1.prepare import main
     (tmp_path / "vr1.json").write_text(json.dumps(VIDEO_R1))
-    main(["--annotations", str(tmp_path / "vr1.json"), "--video_root", "/data/vr1",
+    (tmp_path / "vr1").mkdir()
+    main(["--annotations", str(tmp_path / "vr1.json"), "--video_root", str(tmp_path / "vr1"),
           "--out", str(tmp_path / "o.jsonl")])
     rs = load_records(tmp_path / "o.jsonl")
-    assert len(rs) == 5 and rs[1]["video"] == "/data/vr1/NeXT/clip2.mp4"
+    assert len(rs) == 5 and rs[1]["video"] == str(tmp_path / "vr1" / "NeXT" / "clip2.mp4")
 
 
 # -----------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_repeat_batch_repeats_each_video_with_its_prompt():
 def test_configurator_overrides_presets_and_rejects_unknown_keys(tmp_path):
     preset = tmp_path / "p.py"
     preset.write_text("lr = 0.5\nname = 'x'\n")
-    g = {"lr": 1e-3, "name": "a", "steps": 10, "flag": False, "opt": None}
+    g = {"lr": 1e-3, "name": "a", "steps": 10, "flag": False, "opt": None, "__annotations__": {"opt": str | None}}
     configure(g, [str(preset), "--steps=20", "--flag=True", "--opt=abc"])
     assert (g["lr"], g["name"], g["steps"], g["flag"], g["opt"]) == (0.5, "x", 20, True, "abc")
     with pytest.raises(SystemExit, match="unknown setting 'stpes'"):

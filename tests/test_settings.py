@@ -128,8 +128,8 @@ def test_scripts_exit_before_loading_anything(tmp_path):
     rec = {"id": "a", "video": "a.mp4", "question": "q", "options": ["x", "y"], "answer": "A",
            "problem_type": "multiple_choice"}
     write_records(tmp_path / "two.jsonl", [rec, dict(rec, id="b")])
-    proc = run_script(["sft.py", f"--train_data={tmp_path}/two.jsonl", "--batch_size=4",
-                       f"--out_dir={tmp_path}/sft"], check=False)
+    proc = run_script(["sft.py", f"--train_data={tmp_path}/two.jsonl", f"--val_data={tmp_path}/two.jsonl",
+                       "--batch_size=4", f"--out_dir={tmp_path}/sft"], check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"{tmp_path}/two.jsonl: 2 records, fewer than batch_size=4" in proc.stderr
     assert not (tmp_path / "sft" / "init").exists()                     # failed before building a model

@@ -6,9 +6,12 @@
 Video paths in the output are absolute (video_root joined with each item's "path"). Items whose
 data_type is "image" are kept: PyAV reads an image as a one-frame video.
 
-A bad item (a missing or mistyped field, an answer that is not an option letter or not a number)
-is skipped and named with its file and index; the count is printed at the end. A file that is not
-UTF-8 JSON, or with no good item at all, is an error.
+The paths are checked before anything is read: --annotations a file, --video_root a folder, --out
+writable. A bad item (a missing, null or mistyped field, an answer that is not an option letter or
+not a number, too many options, options that repeat) is skipped and named with its file and index;
+the count is printed at the end, and so is the number of records whose video is not under
+--video_root (kept: the scripts that read them skip them).
+A file that is not UTF-8 JSON, or with no good item at all, is an error.
 """
 
 import argparse
@@ -16,7 +19,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from dataset import convert_video_r1, report_skips, write_records  # noqa: E402
+from dataset import (converter_path_problems, convert_video_r1, report_missing_videos, report_skips,  # noqa: E402
+                     write_records)
 
 
 def main(argv=None):
@@ -25,13 +29,20 @@ def main(argv=None):
     p.add_argument("--video_root", required=True, help="folder the items' paths are relative to")
     p.add_argument("--out", required=True, help="output .jsonl")
     args = p.parse_args(argv)
+    problem = converter_path_problems(args.annotations, args.video_root, args.out)
+    if problem:
+        raise SystemExit(f"cannot convert: {problem}")
     skipped = []
     try:
         records = convert_video_r1(args.annotations, args.video_root, skipped=skipped)
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot convert: {e}")
     report_skips(args.annotations, skipped, len(records))
-    write_records(args.out, records)
+    report_missing_videos(records, args.video_root)
+    try:
+        write_records(args.out, records)
+    except OSError as e:
+        raise SystemExit(f"cannot convert: --out {args.out}: cannot write ({e.strerror})")
     print(f"wrote {len(records)} records to {args.out}")
 
 
