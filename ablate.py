@@ -37,7 +37,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from configurator import choice_problem, configure, writable_dir
+from machinery.configurator import choice_problem, configure, writable_dir
 
 # -----------------------------------------------------------------------------
 out_dir = "out/ablation"

@@ -15,8 +15,8 @@ from collections import defaultdict
 
 import torch
 
-from configurator import DTYPES, configure, video_problems, writable_dir
-from dataset import load_samples, read_records_or_exit
+from machinery.configurator import DTYPES, configure, video_problems, writable_dir
+from machinery.dataset import load_samples, read_records_or_exit
 from model import max_positions
 from rollout import drop_long_prompts, generate_rollout
 
@@ -66,7 +66,7 @@ def setting_warnings(c, given):
 
 def model_problem(path):
     """None when `path` is a train.py / sft.py checkpoint (ckpt.pt or its folder) or a loadable model."""
-    from checkpoint import torch_file_problem
+    from machinery.checkpoint import torch_file_problem
     from model import source_problem
     if path.endswith(".pt"):
         if not os.path.isfile(path):
@@ -183,7 +183,7 @@ def load_any_policy(path, device="cpu", dtype="float32"):
     torch_dtype = getattr(torch, dtype)
     ckpt_file = path if path.endswith(".pt") else os.path.join(path, "ckpt.pt")
     if os.path.isfile(ckpt_file):
-        from checkpoint import load_weights, safe_load
+        from machinery.checkpoint import load_weights, safe_load
         from model import source_problem
         ckpt = safe_load(ckpt_file)                                 # tensors and plain types only
         init_from = ckpt.get("config", {}).get("init_from") if isinstance(ckpt, dict) else None

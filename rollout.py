@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import torch
 import transformers
 
-from dataset import format_question
+from machinery.dataset import format_question
 from difficulty import make_easier_prompt
-from logprobs import length_sorted_logps, visual_rows
+from machinery.logprobs import length_sorted_logps, visual_rows
 from model import vision_token_ids
 from rewards import score_completions
-from sampler import resolve as resolve_sampler, sample
+from machinery.sampler import resolve as resolve_sampler, sample
 
 STILL_SECONDS = 1.0  # seconds per temporal patch told for a clip with no motion in time (one frame)
 SYSTEM_PROMPT = (

@@ -28,12 +28,12 @@ from types import SimpleNamespace
 
 import torch
 
-from checkpoint import (barrier, check_resume_settings, checkpoint_path, load_states, remove_checkpoint, rng_state,
+from machinery.checkpoint import (barrier, check_resume_settings, checkpoint_path, load_states, remove_checkpoint, rng_state,
                         safe_load, save_checkpoint, save_full_model, set_rng_state, unwrap)
-from configurator import DTYPES, configure, inert_settings, video_problems, warmup_warning, writable_dir
-from dataset import format_question, load_samples, read_records_or_exit
-from distributed import all_reduce_sum, leave_process_group, setup_distributed, wrap_policy
-from logprobs import completion_logps
+from machinery.configurator import DTYPES, configure, inert_settings, video_problems, warmup_warning, writable_dir
+from machinery.dataset import format_question, load_samples, read_records_or_exit
+from machinery.distributed import all_reduce_sum, leave_process_group, setup_distributed, wrap_policy
+from machinery.logprobs import completion_logps
 from model import enable_gradient_checkpointing, freeze_vision as freeze_vision_tower, load_policy, max_positions
 from model import source_problem, tiny_qwen25vl
 from rollout import (SYSTEM_PROMPT, drop_long_prompts, encode_prompts, join_prompt_completion, reference_completion,

@@ -13,10 +13,10 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-from dataset import VideoError, read_sample
+from machinery.dataset import VideoError, read_sample
 from difficulty import answer_piece, group_mean_rewards, plan_groups, redo_groups, wants_trace, zero_advantage_ratio
-from distributed import any_rank, gradient_sync
-from logprobs import length_sorted_logps
+from machinery.distributed import any_rank, gradient_sync
+from machinery.logprobs import length_sorted_logps
 from reg_grpo import grpo_loss, rebel_loss, reg_grpo_loss
 from rollout import concat_rollouts, generate_rollout, micro_batches, to_device
 

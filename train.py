@@ -27,20 +27,21 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import (check_resume_settings, export_model, load_run_state, load_states, rng_state, save_checkpoint,
+from machinery.checkpoint import (check_resume_settings, export_model, load_run_state, load_states, rng_state, save_checkpoint,
                         set_rng_state, unwrap)
-from configurator import DTYPES, configure, inert_settings, is_setting, video_problems, warmup_warning, writable_dir
-from dataset import load_samples, read_records_or_exit
-from distributed import (all_gather_floats, all_gather_objects_or_self, any_rank, check_ranks_in_sync,
+from machinery.configurator import DTYPES, configure, inert_settings, is_setting, video_problems, warmup_warning, writable_dir
+from machinery.dataset import load_samples, read_records_or_exit
+from machinery.distributed import (all_gather_floats, all_gather_objects_or_self, any_rank, check_ranks_in_sync,
                          leave_process_group, mean_over_ranks, setup_distributed, shard, wrap_policy)
-from difficulty import DEFAULT_MARGIN, HintTraces, RewardBuffer
+from difficulty import DEFAULT_MARGIN, HintTraces, RewardBuffer, zero_advantage_ratio
 from eval import eval_key, evaluate, saved_eval
-from model import compile_decoder_layers, compile_seconds, enable_gradient_checkpointing
+from machinery.speedups import compile_decoder_layers, compile_seconds
+from model import enable_gradient_checkpointing
 from model import freeze_vision as freeze_vision_tower, load_policy, load_reference, max_positions, source_problem
 from reg_grpo import group_advantages
 from remedies import dynamic_sampling, group_replay
 from rollout import drop_long_prompts, length_problem, reference_logps
-from runlog import open_log, refuse_previous_run, start_wandb, step_row, write_summary
+from machinery.runlog import open_log, refuse_previous_run, start_wandb, step_row, write_summary
 from step import autocast, draw_prompts, policy_update, prompts_of_step, sample_groups, sample_with_augmentation
 
 # ----------------------------------------------------------------------------- config
@@ -436,8 +437,8 @@ def main():
         buffer.push(all_gather_floats(r_cur.tolist()))
         step += 1
         answers_generated += int(mean_over_ranks(n_gen) * world_size)
-        row = step_row(step, lr_at(step - 1), answers_generated, rollout, group_size, r_ref, za_before, changes,
-                       stats, device, step_time=time.time() - t0, video_wait=video_wait, rollout_time=t_gen,
+        row = step_row(step, lr_at(step - 1), answers_generated, rollout, r_ref, za_before,
+                       zero_advantage_ratio(rollout.rewards, group_size), changes, stats, device, step_time=time.time() - t0, video_wait=video_wait, rollout_time=t_gen,
                        ref_time=t_ref, update_time=t_update, compile_time=compile_s)
         if master:
             if compile and step == 1:

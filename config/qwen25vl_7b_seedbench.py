@@ -37,7 +37,7 @@ freeze_vision = True
 compile = True                # compiled decoder layers for the log-prob passes: update 0.776 -> 0.674 s (3B)
 gradient_checkpointing = False  # recomputing every layer costs about a quarter of the update (3B: 0.674 ->
                               # 0.518 s without it). The memory plan of this preset without it, groups packed:
-                              # 63 GB per GPU of 80 (python bench.py --plan=True --size=7b
+                              # 63 GB per GPU of 80 (python scripts/bench.py --plan=True --size=7b
                               # --plan_checkpointing=False); the plan read 58 GB where 65.5 GB was measured at
                               # the 3B shape (2026-12-04), so about 71 GB. Out of memory: --gradient_checkpointing=True (28 GB)
 # decode: compiled and captured in CUDA graphs (train.py's decode_compile / decode_graph defaults on CUDA)

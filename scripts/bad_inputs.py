@@ -17,7 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
-from configurator import configure
+from machinery.configurator import configure
 
 init_from = "out/tiny-sft"
 data = "data/synthetic"
@@ -258,7 +258,7 @@ def damaged_clip(path, fraction):
     """A noise clip (its packets fill the file) with `fraction` of its bytes zeroed from 10% in: the
     packets there fail to decode."""
     import numpy as np
-    from video import write_video
+    from machinery.video import write_video
     write_video(path, np.random.default_rng(0).integers(0, 256, (30, 64, 160, 3), dtype=np.uint8), fps=10)
     data = bytearray(open(path, "rb").read())
     start, n = len(data) // 10, int(len(data) * fraction)

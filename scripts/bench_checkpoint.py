@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
-from checkpoint import save_checkpoint
-from configurator import configure
+from machinery.checkpoint import save_checkpoint
+from machinery.configurator import configure
 from model import load_policy
 
 # -----------------------------------------------------------------------------

@@ -24,10 +24,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
-import bench
-import flops
-import sampler
-from configurator import configure
+from scripts import bench
+from scripts import flops
+from machinery import sampler
+from machinery.configurator import configure
 
 # -----------------------------------------------------------------------------
 size = "tiny"                 # tiny | 3b | 7b (random weights, bench.py's shapes)
@@ -110,7 +110,7 @@ def random_weights_rows():
 
 def real_rollout_rows():
     """generate_rollout on the first batch_size records of `data` with a trained policy, both samplers."""
-    from dataset import load_records, load_samples
+    from machinery.dataset import load_records, load_samples
     from model import load_policy
     from rollout import generate_rollout
     model, processor = load_policy(init_from, dtype=getattr(torch, dtype), device=device)

@@ -29,7 +29,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
-from configurator import configure
+from machinery.configurator import configure
 
 # -----------------------------------------------------------------------------
 model = "out/tiny-sft"
@@ -87,7 +87,7 @@ def trl_child(out_dir):
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from dataset import format_question, read_records_or_exit
+    from machinery.dataset import format_question, read_records_or_exit
     from rewards import format_reward
     from rollout import SYSTEM_PROMPT
 

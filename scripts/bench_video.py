@@ -17,8 +17,8 @@ import av
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
-from configurator import configure
-from video import read_video
+from machinery.configurator import configure
+from machinery.video import read_video
 
 # -----------------------------------------------------------------------------
 minutes = 10.0

@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
-from configurator import configure
+from machinery.configurator import configure
 
 # -----------------------------------------------------------------------------
 out_dir = "out/exit_check"

@@ -29,8 +29,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import sampler                                                       # noqa: E402
-from configurator import configure                                   # noqa: E402
+from machinery import sampler                                                       # noqa: E402
+from machinery.configurator import configure                                   # noqa: E402
 
 # -----------------------------------------------------------------------------
 parts = "correct,train,speed"
@@ -119,7 +119,7 @@ def check_decode_logits(dtype, tol):
 
 
 def synthetic_batch(n, split="val"):
-    from dataset import load_records, load_samples
+    from machinery.dataset import load_records, load_samples
     records = load_records(f"data/synthetic/{split}.jsonl")[:n]
     return load_samples(records, num_frames=8, max_pixels=112 * 112, log=lambda *a, **k: None)
 
@@ -380,7 +380,7 @@ def check_bench_sampler(size, target, peak_bw):
 
 def check_bench_step(peak_bw):
     path = os.path.join(out_dir, "bench_step_3b.json")
-    code, _ = run(["bench.py", "--phases=step", "--size=3b", "--device=cuda", "--dtype=bfloat16", "--batch_size=8",
+    code, _ = run(["scripts/bench.py", "--phases=step", "--size=3b", "--device=cuda", "--dtype=bfloat16", "--batch_size=8",
                    "--group_size=8", "--num_frames=16", "--frame_size=252", "--prompt_len=200",
                    f"--gen_len={step_gen_len}", "--min_gen_len=100", "--reference=True", "--compile=True",
                    "--gradient_checkpointing=False", "--warmup=2", "--repeats=1", "--sampler=fast",

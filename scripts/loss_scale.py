@@ -24,7 +24,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-from configurator import configure  # noqa: E402
+from machinery.configurator import configure  # noqa: E402
 
 part = "first"
 seeds = (0, 1, 2)
@@ -65,8 +65,8 @@ def grad_norm(params):
 def first_update(seed):
     import train as T
     from step import draw_prompts, sample_groups
-    from dataset import read_records_or_exit
-    from logprobs import completion_logps
+    from machinery.dataset import read_records_or_exit
+    from machinery.logprobs import completion_logps
     from model import freeze_vision, load_policy
     from reg_grpo import group_advantages
     from rollout import micro_batches
@@ -123,8 +123,8 @@ def first_update(seed):
 def kl_response(seed):
     import train as T
     from step import draw_prompts, sample_groups
-    from dataset import read_records_or_exit
-    from logprobs import completion_logps
+    from machinery.dataset import read_records_or_exit
+    from machinery.logprobs import completion_logps
     from model import freeze_vision, load_policy
     from reg_grpo import group_advantages
     torch.manual_seed(seed)

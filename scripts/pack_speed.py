@@ -18,10 +18,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-from bench import clock  # noqa: E402
-from bench_step import train_settings  # noqa: E402
-from configurator import configure  # noqa: E402
-from dataset import load_samples, read_records_or_exit  # noqa: E402
+from scripts.bench import clock  # noqa: E402
+from scripts.bench_step import train_settings  # noqa: E402
+from machinery.configurator import configure  # noqa: E402
+from machinery.dataset import load_samples, read_records_or_exit  # noqa: E402
 from model import freeze_vision, load_policy  # noqa: E402
 from reg_grpo import group_advantages  # noqa: E402
 from rollout import generate_rollout, reference_logps  # noqa: E402

@@ -15,14 +15,14 @@ import ablate
 import eval as eval_script
 import sft
 import train
-from checkpoint import check_resume_settings, load_weights, safe_load
-from configurator import configure
+from machinery.checkpoint import check_resume_settings, load_weights, safe_load
+from machinery.configurator import configure
 from conftest import run_script
-from dataset import load_records, write_records
+from machinery.dataset import load_records, write_records
 from model import load_policy, source_problem, tiny_qwen25vl
 from rollout import drop_long_prompts, length_problem
 from step import draw_prompts
-from video import VideoError, read_video, write_video
+from machinery.video import VideoError, read_video, write_video
 
 
 def check(script, *args, problems=None, warnings=None):
@@ -234,7 +234,7 @@ def record(i, clip_file, **kw):
 
 
 def test_one_length_rule_for_validation_training_and_sft(tiny_model, clip_file):
-    from dataset import read_sample
+    from machinery.dataset import read_sample
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(tiny_model)
     short = read_sample(record(0, clip_file), num_frames=2, max_pixels=56 * 56)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-import flops
+from scripts import flops
 from model import build_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +135,7 @@ def test_memory_plan_sums_and_sharding():
 
 def test_tiny_bench_prints_table(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "bench.py", "--size=tiny", "--batch_size=1", "--group_size=2", "--num_frames=4",
+    cmd = [sys.executable, "scripts/bench.py", "--size=tiny", "--batch_size=1", "--group_size=2", "--num_frames=4",
            "--frame_size=56", "--prompt_len=8", "--gen_len=4", "--warmup=0", "--repeats=1",
            "--dtype=bfloat16", "--gradient_checkpointing=True", f"--json={out}"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -182,7 +182,7 @@ def test_vision_flops_match_torch_flop_counter():
 
 
 def test_bench_phases_option(tmp_path):
-    base = [sys.executable, "bench.py", "--size=tiny", "--batch_size=1", "--group_size=2", "--num_frames=4",
+    base = [sys.executable, "scripts/bench.py", "--size=tiny", "--batch_size=1", "--group_size=2", "--num_frames=4",
             "--frame_size=56", "--prompt_len=8", "--gen_len=4", "--warmup=0", "--repeats=1"]
     res = subprocess.run(base + ["--phases=logprob,train"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -193,7 +193,7 @@ def test_bench_phases_option(tmp_path):
 
 
 def test_forward_tokens_hand_values():
-    import bench_step
+    from scripts import bench_step
     prompts, answers = [10, 10, 12, 12], [5, 1, 2, 7]
     # one padded forward per micro-batch of 2: (10 + 5) * 2 + (12 + 7) * 2
     assert bench_step.forward_tokens(prompts, answers, 2, 0) == 68
@@ -206,7 +206,7 @@ def test_forward_tokens_hand_values():
 
 def test_bench_step_phase(tmp_path):
     out = tmp_path / "step.json"
-    cmd = [sys.executable, "bench.py", "--size=tiny", "--phases=step", "--batch_size=2", "--group_size=2",
+    cmd = [sys.executable, "scripts/bench.py", "--size=tiny", "--phases=step", "--batch_size=2", "--group_size=2",
            "--num_frames=4", "--frame_size=56", "--prompt_len=8", "--gen_len=10", "--min_gen_len=2",
            "--rows_per_forward=1", "--warmup=0", "--repeats=1", f"--json={out}"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

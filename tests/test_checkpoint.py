@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import read_metadata, rng_state, safe_load, set_rng_state
+from machinery.checkpoint import read_metadata, rng_state, safe_load, set_rng_state
 from conftest import run_script as run
 from test_train import log_rows, train_args
 
@@ -91,7 +91,7 @@ def test_fsdp_killed_in_the_middle_of_a_save_resumes_to_the_same_parameters(tiny
 
 def test_exported_model_loads_with_transformers_and_answers_as_the_trained_policy(tiny, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from dataset import load_samples, read_records_or_exit
+    from machinery.dataset import load_samples, read_records_or_exit
     from eval import load_any_policy
     from rollout import generate_rollout
     out = tmp_path / "run"

@@ -3,7 +3,7 @@ records are counted by reason in the JSON outputs (eval's results, train's summa
 import json
 
 from conftest import run_script
-from dataset import load_records, write_records
+from machinery.dataset import load_records, write_records
 
 
 def with_missing_videos(src, dst, n_bad):

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-import dataset
-from dataset import (convert_seedbench_r1, convert_video_r1, format_question, load_records,
+from machinery import dataset
+from machinery.dataset import (convert_seedbench_r1, convert_video_r1, format_question, load_records,
                      load_samples, option_letters, read_records_or_exit, write_records)
-from video import write_video
+from machinery.video import write_video
 
 
 @pytest.fixture(scope="module")

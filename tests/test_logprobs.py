@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import model as M
-from logprobs import completion_logps, group_packed_logps, length_sorted_logps, select_rows, trim_padding
+from machinery import speedups as S
+from machinery.logprobs import completion_logps, group_packed_logps, length_sorted_logps, select_rows, trim_padding
 from rollout import repeat_batch
 from test_model import QUESTIONS, policy, prompt, prompt_batch, text_ids, tiny_dir, videos, with_completions  # noqa: F401
 
@@ -238,16 +239,16 @@ def test_compiled_layers_same_logps_and_gradients_and_generation_runs_eagerly(ti
     checks the integration; inductor runs on CPU too but takes minutes to compile)."""
     plain, processor = M.load_policy(tiny_dir)
     compiled, _ = M.load_policy(tiny_dir)
-    M.compile_decoder_layers(compiled, backend="eager")
+    S.compile_decoder_layers(compiled, backend="eager")
     batch = mixed_length_batch(processor)
     weights = torch.randn(batch["completion_mask"].shape, generator=torch.Generator().manual_seed(2))
-    before = M.compile_seconds()
+    before = S.compile_seconds()
     got = values_and_grads(compiled.train(), lambda: length_sorted_logps(compiled, batch, 2), weights)
-    assert M.compile_seconds() > before  # the layers were really traced
+    assert S.compile_seconds() > before  # the layers were really traced
     ref = values_and_grads(plain.train(), lambda: length_sorted_logps(plain, batch, 2), weights)
     assert_same(got, ref, atol=1e-5)
-    before = M.compile_seconds()
+    before = S.compile_seconds()
     prompts = {k: v for k, v in prompt_batch(processor, QUESTIONS[:1], videos(1)).items()}
     with torch.no_grad():
         compiled.eval().generate(**prompts, max_new_tokens=4, do_sample=False)
-    assert M.compile_seconds() == before  # calls with a KV cache run the layers eagerly
+    assert S.compile_seconds() == before  # calls with a KV cache run the layers eagerly

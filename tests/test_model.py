@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import model as M
-from logprobs import completion_logps
+from machinery import speedups as S
+from machinery.logprobs import completion_logps
 
 QUESTIONS = ["Which way does the red square move?", "How many circles appear in the whole video clip?"]
 TEXTS = ["The red square moves left. The blue circle moves right. How many circles appear?"] * 20
@@ -59,7 +60,7 @@ def text_ids(processor, s):
 def test_round_trip_same_weights_and_logits(tiny_dir, policy):
     loaded, processor = policy
     fresh, _ = M.build_tiny(texts=TEXTS, seed=0)
-    M.patch_embed_as_matmul(fresh.eval())  # as load_policy does: the conv's sum order differs in float32
+    S.patch_embed_as_matmul(fresh.eval())  # as load_policy does: the conv's sum order differs in float32
     assert type(loaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
     assert type(processor).__name__ == "Qwen2_5_VLProcessor"
     a, b = fresh.state_dict(), loaded.state_dict()
@@ -316,7 +317,7 @@ def test_grouped_window_attention_matches_transformers_float64():
     reference = features_and_grad()
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    M.group_vision_windows(model)
+    S.group_vision_windows(model)
     torch.nn.functional.scaled_dot_product_attention = lambda *a, **k: calls.append(a[0].shape) or sdpa(*a, **k)
     try:
         grouped = features_and_grad()
@@ -343,7 +344,7 @@ def test_patch_embed_as_matmul_matches_conv3d_float64():
 
     conv = output_and_grads()
     keys = list(model.state_dict())
-    M.patch_embed_as_matmul(M.patch_embed_as_matmul(model))   # idempotent
+    S.patch_embed_as_matmul(S.patch_embed_as_matmul(model))   # idempotent
     assert embed.as_matmul
     matmul = output_and_grads()
     for a, b in zip(matmul, conv):
@@ -358,3 +359,28 @@ def test_patch_embed_as_matmul_matches_conv3d_float64():
 def test_load_policy_installs_patch_embed_as_matmul(policy):
     model, _ = policy
     assert getattr(model.model.visual.patch_embed, "as_matmul", False)
+
+
+def test_speedups_are_named_and_off_gives_transformers_model(tiny_dir):
+    """load_policy(speedups=()) is the model as transformers ships it (no forward replaced); with all of
+    them installed the log-probs of a batch with repeated videos are the plain model's (float32)."""
+    from machinery.logprobs import completion_logps
+    plain, processor = M.load_policy(tiny_dir, speedups=())
+    fast, _ = M.load_policy(tiny_dir)
+    replaced = lambda m: [n for n, mod in m.named_modules() if "forward" in vars(mod)]
+    assert replaced(plain) == []
+    assert replaced(fast) and all(n.startswith("model.visual") for n in replaced(fast))
+    with pytest.raises(ValueError, match="unknown"):
+        S.apply(plain, ("share_video",))
+    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which way?"}]}],
+                                           add_generation_prompt=True, tokenize=False)] * 2
+    batch = dict(processor(text=texts, videos=videos(1) * 2, video_metadata=[{"total_num_frames": 8, "fps": 2.0}] * 2,
+                           return_tensors="pt", padding=True, do_sample_frames=False))
+    completion = torch.randint(10, 200, (2, 5), generator=torch.Generator().manual_seed(0))
+    batch = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+    batch["input_ids"] = torch.cat([batch["input_ids"], completion], 1)
+    batch["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones_like(completion)], 1)
+    batch["completion_mask"] = torch.ones_like(completion)
+    with torch.no_grad():
+        torch.testing.assert_close(completion_logps(fast.eval(), batch), completion_logps(plain.eval(), batch),
+                                   rtol=1e-5, atol=1e-5)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from configurator import configure
+from machinery.configurator import configure
 from rewards import (accuracy_reward, edit_distance, extract_answer, format_reward, lcs_length, option_letter,
                      rouge_reward, wer_reward)
 from rollout import STILL_SECONDS, completion_mask_until, repeat_batch, seconds_per_patch, select_visual, whole_seconds

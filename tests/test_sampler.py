@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import sampler
-from dataset import load_records, load_samples
-from logprobs import completion_logps
+from machinery import sampler
+from machinery.dataset import load_records, load_samples
+from machinery.logprobs import completion_logps
 from model import build_tiny, load_policy, vision_token_ids
 from rollout import generate_rollout, repeat_batch
 

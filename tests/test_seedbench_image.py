@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 import model as M
-from dataset import convert_seedbench_r1, load_records, load_samples, write_records
-from logprobs import completion_logps
+from machinery.dataset import convert_seedbench_r1, load_records, load_samples, write_records
+from machinery.logprobs import completion_logps
 from rollout import (build_messages, concat_rollouts, drop_long_prompts, encode_prompts, generate_rollout,
                      prompt_length)
-from video import write_video
+from machinery.video import write_video
 
 ROW = {"sample_id": "s1", "question": "What comes next?", "choice_a": "cut", "choice_b": "wash",
        "choice_c": "stir", "choice_d": "open", "golden_choice_idx": "B", "video_source": "Ego4D",

@@ -6,9 +6,9 @@ import ablate
 import eval as eval_script
 import sft
 import train
-from configurator import configure
+from machinery.configurator import configure
 from conftest import run_script
-from dataset import write_records
+from machinery.dataset import write_records
 from model import source_problem
 
 
@@ -137,7 +137,7 @@ def test_scripts_exit_before_loading_anything(tmp_path):
 
 def test_auto_device_is_cuda_with_bf16_when_a_gpu_is_seen(monkeypatch):
     import torch
-    from configurator import configure
+    from machinery.configurator import configure
     assert configure({"device": "auto", "dtype": "auto"}, []) == {"device": "cpu", "dtype": "float32"}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert configure({"device": "auto", "dtype": "auto"}, []) == {"device": "cuda", "dtype": "bfloat16"}

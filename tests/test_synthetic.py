@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data.synthetic.prepare import BACKGROUND, FAMILIES, TEACHER_SLIPS, generate, make_question, teacher_demonstration
-from dataset import load_records, read_video, write_video
+from machinery.dataset import load_records, read_video, write_video
 
 CODES = {(1, 0, 0): "red", (0, 1, 0): "green", (0, 0, 1): "blue", (1, 1, 0): "yellow",
          (0, 1, 1): "cyan", (1, 0, 1): "magenta", (1, 1, 1): "white"}

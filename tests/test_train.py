@@ -207,7 +207,7 @@ def test_augmentation_flow_hints_from_answer_conditioned_traces(tiny):
     group is redone with a hint; groups without a correct answer of their own get a trace written
     with the answer shown; no sentence before a hint's last piece names the answer."""
     import train
-    from dataset import load_records, load_samples
+    from machinery.dataset import load_records, load_samples
     from difficulty import HintTraces, names_answer
     from model import load_policy
     from step import sample_with_augmentation
@@ -233,7 +233,7 @@ def test_augmentation_flow_hints_from_answer_conditioned_traces(tiny):
 
 
 def test_step_zero_reuses_sft_evaluation_only_when_it_would_repeat_it(tiny, tmp_path):
-    from dataset import load_samples, read_records_or_exit
+    from machinery.dataset import load_samples, read_records_or_exit
     from eval import eval_key, evaluate
     from model import load_policy
     saved = json.load(open(tiny["sft"] / "sft_summary.json"))

@@ -6,8 +6,8 @@ import av
 import numpy as np
 import pytest
 
-import video
-from video import VideoError, read_video, sample_times, target_size, write_video
+from machinery import video
+from machinery.video import VideoError, read_video, sample_times, target_size, write_video
 
 
 def marked_clip(t=16, h=112, w=112):

@@ -54,7 +54,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from dataset import option_letters, write_records, write_video  # noqa: E402
+from machinery.dataset import option_letters, write_records, write_video  # noqa: E402
 
 T, H, W, FPS = 8, 112, 112, 4
 BACKGROUND = (123, 117, 104)  # ~ the processor's normalisation mean: empty cells embed to ~0

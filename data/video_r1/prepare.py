@@ -19,7 +19,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from dataset import (converter_path_problems, convert_video_r1, report_missing_videos, report_skips,  # noqa: E402
+from machinery.dataset import (converter_path_problems, convert_video_r1, report_missing_videos, report_skips,  # noqa: E402
                      write_records)
 
 

@@ -1,10 +1,10 @@
 """
 Time one training step's three phases on a model of a named size, against the hardware's limits.
 
-    python bench.py --size=tiny                                   # CPU, seconds
-    python bench.py --size=3b --device=cuda --dtype=bfloat16 --batch_size=1 --group_size=8 \
+    python scripts/bench.py --size=tiny                                   # CPU, seconds
+    python scripts/bench.py --size=3b --device=cuda --dtype=bfloat16 --batch_size=1 --group_size=8 \
         --num_frames=16 --frame_size=252 --gen_len=768 --json=out/bench_3b.json
-    python bench.py --plan=True --size=7b --n_gpus=8              # memory plan only, no model built
+    python scripts/bench.py --plan=True --size=7b --n_gpus=8              # memory plan only, no model built
 
 Phases, timed separately (warmup, then timed repeats; cuda synchronised):
   generate   sample gen_len tokens for batch_size * group_size answers (split into prefill / decode)
@@ -20,23 +20,25 @@ prompt is random text ids around <|vision_start|> <|video_pad|> * n <|vision_end
 
 FLOPs, decode bytes and the memory plan are counted from the config alone in flops.py.
 """
-import json as jsonlib
 import contextlib
 import inspect
+import json as jsonlib
 import math
+import os
 import resource
 import sys
 import time
 
 import torch
 
-import bench_step
-from configurator import configure
-from flops import (ID_TOKENS, QWEN_IDS, decode_bytes, format_plan, lm_forward_flops, memory_plan, param_counts,
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project's modules
+from scripts import bench_step  # noqa: E402
+from machinery.configurator import configure
+from scripts.flops import (ID_TOKENS, QWEN_IDS, decode_bytes, format_plan, lm_forward_flops, memory_plan, param_counts,
                    phase_flops, qwen25vl_config, video_grid, vision_forward_flops)
-from logprobs import completion_logps
-from model import (build_tiny, compile_decoder_layers, enable_gradient_checkpointing, freeze_vision,
-                   group_vision_windows, patch_embed_as_matmul, share_repeated_videos,
+from machinery.logprobs import completion_logps
+from machinery.speedups import compile_decoder_layers, group_vision_windows, patch_embed_as_matmul, share_repeated_videos
+from model import (build_tiny, enable_gradient_checkpointing, freeze_vision,
                    vision_token_ids)
 from reg_grpo import group_advantages, reg_grpo_loss
 from rollout import gathered_for_generation, join_prompt_completion, repeat_batch
@@ -49,10 +51,10 @@ master_dtype = ""             # weights / grads / AdamW: "" = dtype; float32 = t
 reference = False             # also hold a frozen reference copy in `dtype` and score old logps with it
 cache_implementation = ""     # "" = dynamic KV cache; static = static cache (transformers compiles decode)
 phases = "generate,logprob,train"  # which to time; without generate the completions are random tokens
-share_videos = True           # encode each distinct video once per batch (model.share_repeated_videos)
+share_videos = True           # encode each distinct video once per batch (machinery/speedups.py: share_videos)
 fused_adamw = True            # cuda: torch's fused AdamW kernel (train.py uses it on cuda)
-group_windows = True          # vision attention: one SDPA call per window length (model.group_vision_windows)
-patch_matmul = True           # vision patch embedding as a matmul, not a Conv3d (model.patch_embed_as_matmul)
+group_windows = True          # vision attention: one SDPA call per window length (speedups: group_windows)
+patch_matmul = True           # vision patch embedding as a matmul, not a Conv3d (speedups: patch_matmul)
 attn_implementation = "sdpa"  # sdpa | flash_attention_2 (when installed) | eager
 batch_size = 2                # prompts
 group_size = 4                # G answers per prompt
@@ -68,7 +70,7 @@ beta = 0.04
 peak_tflops = 0.0             # 0: 989 on cuda (H100 bf16 dense), measured with a matmul on cpu
 peak_bandwidth_gbs = 0.0      # 0: 3000 on cuda (H100 copy, measured), measured with a copy on cpu
 seed = 0
-compile = False               # torch.compile each decoder layer (model.compile_decoder_layers) for logprob / train
+compile = False               # torch.compile each decoder layer (speedups.compile_decoder_layers) for logprob / train
 # --phases=step only (bench_step.py): one whole RL step as train.py runs it
 num_iterations = 2            # update passes per rollout
 micro_batch_groups = 1        # groups per forward/backward

@@ -1,6 +1,6 @@
 """bench.py --phases=step: one whole RL step on one device, timed part by part, as train.py runs it.
 
-    python bench.py --phases=step --size=3b --device=cuda --dtype=bfloat16 --batch_size=8 --group_size=8 \
+    python scripts/bench.py --phases=step --size=3b --device=cuda --dtype=bfloat16 --batch_size=8 --group_size=8 \
         --num_frames=16 --frame_size=252 --prompt_len=200 --gen_len=768 --min_gen_len=100 --reference=True
 
 B prompts x G answers: rollout (rollout.generate_rollout, with whatever sampler it is configured to
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import train
-from model import compile_seconds
+from machinery.speedups import compile_seconds
 from reg_grpo import group_advantages
 from rollout import generate_rollout, reference_logps
 from step import autocast, policy_update

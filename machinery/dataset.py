@@ -22,7 +22,7 @@ import re
 import sys
 from collections import Counter
 
-from video import VideoError, read_video, write_video  # noqa: F401 (write_video: re-exported)
+from machinery.video import VideoError, read_video, write_video  # noqa: F401 (write_video: re-exported)
 
 PROBLEM_TYPES = ("multiple_choice", "numerical", "free_form", "ocr", "regression")
 REQUIRED_KEYS = ("id", "video", "question", "options", "answer", "problem_type")
@@ -437,7 +437,7 @@ def report_skips(path, skipped, n_kept, show=20):
 def converter_path_problems(annotations, video_root, out):
     """What is wrong with a converter's paths, checked before anything is read or written: every
     problem in one message, or None."""
-    from configurator import writable_dir
+    from machinery.configurator import writable_dir
     problems = []
     if not os.path.isfile(annotations):
         problems.append(f"--annotations {annotations}: " + ("is a directory, not a file" if os.path.isdir(annotations)

@@ -10,7 +10,7 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-from checkpoint import unwrap
+from machinery.checkpoint import unwrap
 
 
 def setup_distributed(device):

@@ -9,8 +9,7 @@ import resource
 
 import torch
 
-from difficulty import zero_advantage_ratio
-from distributed import all_gather_floats, mean_over_ranks, means_over_ranks
+from machinery.distributed import all_gather_floats, mean_over_ranks, means_over_ranks
 
 RUN_FILES = ("log.jsonl", "summary.json", "ckpt.pt", "ckpt", "model")
 
@@ -50,9 +49,10 @@ def read_rows(path):
     return rows
 
 
-def step_row(step, lr, answers_generated, rollout, group_size, r_ref, za_before, changes, stats, device, **times):
+def step_row(step, lr, answers_generated, rollout, r_ref, za_before, za_after, changes, stats, device, **times):
     """One row of log.jsonl: rewards, zero-advantage ratios, augmentation, loss stats (policy_update's),
-    completion length, and `times` (step_time, rollout_time, ...), with peak memory. Every rank calls
+    completion length, and `times` (step_time, rollout_time, ...), with peak memory. za_before / za_after:
+    the zero-advantage ratio of the sampled groups and of the batch trained on. Every rank calls
     it: its values are means over ranks, except times, tokens/s and peak memory, which stay this rank's."""
     gen_tokens = rollout.completion_mask.sum().item()
     row = {
@@ -61,7 +61,7 @@ def step_row(step, lr, answers_generated, rollout, group_size, r_ref, za_before,
         "accuracy": mean_over_ranks(rollout.accuracy.mean().item()),
         "format": mean_over_ranks(rollout.format.mean().item()),
         "zero_adv_before": mean_over_ranks(za_before),
-        "zero_adv_after": mean_over_ranks(zero_advantage_ratio(rollout.rewards, group_size)),
+        "zero_adv_after": mean_over_ranks(za_after),
         "augmented_harder": changes["harder"], "augmented_easier": changes["easier"],
         "r_ref": r_ref, "reward_hinted": mean_or_none(all_gather_floats(changes["reward_hinted"])),
         "reward_hinted_before": mean_or_none(all_gather_floats(changes["reward_hinted_before"])), **stats,

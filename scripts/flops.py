@@ -1,7 +1,7 @@
 """
 What a Qwen2.5-VL training step costs, counted from its config alone (pure functions, no model built):
 parameters, FLOPs per phase, bytes a decode step reads, and the memory plan of a multi-GPU run.
-bench.py divides measured times by these counts (MFU, bandwidth use); `python bench.py --plan=True`
+bench.py divides measured times by these counts (MFU, bandwidth use); `python scripts/bench.py --plan=True`
 prints the plan.
 
 FLOP accounting (model FLOPs, what MFU counts; pure functions of the config below):

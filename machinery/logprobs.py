@@ -246,7 +246,7 @@ def length_sorted_logps(model, batch, rows_per_forward=0, group_size=0, **kwargs
     each group's prompt packed once when `group_size` > 1 (group_packed_logps). Returns (N, T).
 
     Rows of one video sorted apart cost one vision-tower pass per forward that holds them (the tower
-    is shared only within a forward, model.share_repeated_videos).
+    is shared only within a forward, speedups.share_repeated_videos).
     """
     N, T = batch["completion_mask"].shape
     if rows_per_forward <= 0 and group_size > 1:
