@@ -2,7 +2,7 @@
 Accuracy of a policy on a JSONL split: greedy (or n sampled answers per question), overall and per
 question family / difficulty bucket, written to JSON and printed as a small table.
 
-    python eval.py --model=out/tiny-rl/ckpt.pt --data=data/synthetic/val.jsonl
+    python eval.py                                   # the main command's model on the synthetic validation split
     python eval.py --model=Qwen/Qwen2.5-VL-7B-Instruct --data=seedbench/validation_L1.jsonl --device=cuda
 
 `--model` takes a checkpoint `train.py` wrote (`ckpt.pt`, or its folder), the model folder it exports
@@ -17,11 +17,12 @@ import torch
 
 from machinery.configurator import DTYPES, configure, video_problems, writable_dir
 from machinery.dataset import load_samples, read_records_or_exit
+from machinery.distributed import all_gather_objects_or_self
 from model import max_positions
 from rollout import drop_long_prompts, generate_rollout
 
 # -----------------------------------------------------------------------------
-model = "out/tiny-rl/ckpt.pt"
+model = "out/tiny-rl/model"       # what the main command exports; also a ckpt.pt or its folder, or a hub id
 data = "data/synthetic/val.jsonl"
 out_file = ""                 # default: <model folder>/eval_<split>.json
 max_samples = 0               # 0: all
@@ -125,17 +126,11 @@ def evaluate(policy, processor, samples, batch_size=64, max_new_tokens=64, sampl
                     sums[key][1] += f
                     sums[key][2] += 1
     if world_size > 1:
-        keys = sorted(set().union(*all_gather_objects(sorted(sums))))
+        keys = sorted(set().union(*all_gather_objects_or_self(sorted(sums))))
         counts = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=policy.device)
         torch.distributed.all_reduce(counts)
         sums = {k: c.tolist() for k, c in zip(keys, counts.cpu())}
     return {k: {"accuracy": a / n, "format": f / n, "n": int(n)} for k, (a, f, n) in sorted(sums.items())}
-
-
-def all_gather_objects(obj):
-    out = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
 
 
 def eval_key(model_dir, data_path, n_questions, max_new_tokens, num_frames, max_pixels, fps, sampler, dtype,

@@ -19,7 +19,6 @@ The result is a save_pretrained folder (model + processor, weights in `dtype`) t
 `train.py --init_from=...` loads.
 """
 import json
-import math
 import os
 import random
 import sys
@@ -33,6 +32,7 @@ from machinery.checkpoint import (barrier, check_resume_settings, checkpoint_pat
 from machinery.configurator import DTYPES, configure, inert_settings, video_problems, warmup_warning, writable_dir
 from machinery.dataset import format_question, load_samples, read_records_or_exit
 from machinery.distributed import all_reduce_sum, leave_process_group, setup_distributed, wrap_policy
+from machinery.optim import adamw, lr_at
 from machinery.logprobs import completion_logps
 from model import enable_gradient_checkpointing, freeze_vision as freeze_vision_tower, load_policy, max_positions
 from model import source_problem, tiny_qwen25vl
@@ -139,13 +139,6 @@ def sft_batch(processor, samples):
     return join_prompt_completion(prompt, completion, mask)
 
 
-def lr_at(step):
-    if step < warmup_steps:
-        return learning_rate * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    return learning_rate * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def saved_run(sharded):
     """The run state of the checkpoint to resume from (None for a fresh run); a fresh run refuses an
     out_dir whose unfinished run left a checkpoint."""
@@ -209,7 +202,7 @@ def main():
     val = drop_long_prompts(processor, val, positions, max_new_tokens, log=say)
     model = wrap_policy(policy, device, world_size, distributed, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    optimizer = adamw(params, learning_rate, weight_decay, device)
     first = 0
     if saved:
         # the batches are drawn from rng alone (every rank the same), so its state is the run's position;
@@ -221,8 +214,9 @@ def main():
     model.train()
     t0 = time.time()
     for step in range(first, max_steps):
+        lr = lr_at(step, learning_rate, warmup_steps, max_steps, min_lr_ratio)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr
         picked = rng.sample(samples, batch_size)
         batch = to_device(sft_batch(processor, picked[rank::world_size]), device)
         with compute:
@@ -237,7 +231,7 @@ def main():
         optimizer.step()
         if step % 50 == 0 or step == max_steps - 1:
             say(f"sft step {step:4d}  loss {all_reduce_sum(loss).item() / world_size:.4f}  "
-                f"lr {lr_at(step):.2e}  {time.time() - t0:.0f}s", flush=True)
+                f"lr {lr:.2e}  {time.time() - t0:.0f}s", flush=True)
         if (step + 1) % checkpoint_interval == 0 and step + 1 < max_steps:
             os.makedirs(out_dir, exist_ok=True)
             save_checkpoint(out_dir, model, optimizer, {"step": step + 1, "rng": rng_state(rng, torch.Generator()),

@@ -12,7 +12,6 @@ On the embedded default a missing dataset or SFT warm start is made first (prepa
 """
 import copy
 import json
-import math
 import os
 import random
 import subprocess
@@ -35,6 +34,7 @@ from machinery.distributed import (all_gather_floats, all_gather_objects_or_self
                          leave_process_group, mean_over_ranks, setup_distributed, shard, wrap_policy)
 from difficulty import DEFAULT_MARGIN, HintTraces, RewardBuffer, zero_advantage_ratio
 from eval import eval_key, evaluate, saved_eval
+from machinery.optim import adamw, lr_at
 from machinery.speedups import compile_decoder_layers, compile_seconds
 from model import enable_gradient_checkpointing
 from model import freeze_vision as freeze_vision_tower, load_policy, load_reference, max_positions, source_problem
@@ -228,13 +228,6 @@ def path_problems(c):
     ]
 
 
-def lr_at(step):
-    if step < warmup_steps:
-        return learning_rate * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    return learning_rate * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def settings(**overrides):
     """This module's settings as a namespace (step.py reads them from it), with overrides."""
     return SimpleNamespace(**{**{k: v for k, v in globals().items() if is_setting(k, v)}, **overrides})
@@ -347,8 +340,7 @@ def main():
             reference = shard(reference, dtype)
     model = wrap_policy(policy, device, world_size, distributed, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay,
-                                  fused=torch.device(device).type == "cuda")  # one kernel, not a per-tensor loop
+    optimizer = adamw(params, learning_rate, weight_decay, device)
     buffer = RewardBuffer(buffer_window)
     traces = HintTraces()                    # the hints' answer-conditioned traces, made once per sample
 
@@ -398,8 +390,9 @@ def main():
     upcoming = drawing.submit(prompts_of_step, s, records, step, rank, skipped, too_long)
     while not finished():
         t0 = time.time()
+        lr = lr_at(step, learning_rate, warmup_steps, max_steps, min_lr_ratio)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr
         try:
             prompts = upcoming.result()
         except SystemExit:                   # no usable training record: the message on a line of its own
@@ -437,7 +430,7 @@ def main():
         buffer.push(all_gather_floats(r_cur.tolist()))
         step += 1
         answers_generated += int(mean_over_ranks(n_gen) * world_size)
-        row = step_row(step, lr_at(step - 1), answers_generated, rollout, r_ref, za_before,
+        row = step_row(step, lr, answers_generated, rollout, r_ref, za_before,
                        zero_advantage_ratio(rollout.rewards, group_size), changes, stats, device, step_time=time.time() - t0, video_wait=video_wait, rollout_time=t_gen,
                        ref_time=t_ref, update_time=t_update, compile_time=compile_s)
         if master:

@@ -3,7 +3,7 @@ Settings the nanoGPT way: a script keeps its defaults as module globals, then ca
 
     configure(globals(), sys.argv[1:], CHOICES, setting_problems, setting_warnings)
 
-Each argument is either a preset file (`config/tiny_cpu.py`, a few lines of assignments run in
+Each argument is either a preset file (`config/qwen25vl_7b_seedbench.py`, a few lines of assignments run in
 order) or an override `--key=value`. Settings are the lower-case globals; UPPER_CASE globals are
 constants, not settings.
 

@@ -81,10 +81,11 @@ def mean_or_none(values):
 
 
 def peak_memory_gb(device):
-    """Peak GPU memory allocated by torch; on CPU the process's peak resident set size."""
+    """Peak memory in GB (1e9 bytes): on CUDA the most torch allocated (since torch.cuda.reset_peak_memory_stats),
+    on CPU the process's peak resident set size so far."""
     if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def write_summary(out_dir, history, steps, answers_generated, **extra):

@@ -25,7 +25,6 @@ import inspect
 import json as jsonlib
 import math
 import os
-import resource
 import sys
 import time
 
@@ -36,6 +35,7 @@ from scripts import bench_step  # noqa: E402
 from machinery.configurator import configure
 from scripts.flops import (ID_TOKENS, QWEN_IDS, decode_bytes, format_plan, lm_forward_flops, memory_plan, param_counts,
                    phase_flops, qwen25vl_config, video_grid, vision_forward_flops)
+from machinery import runlog
 from machinery.logprobs import completion_logps
 from machinery.speedups import compile_decoder_layers, group_vision_windows, patch_embed_as_matmul, share_repeated_videos
 from model import (build_tiny, enable_gradient_checkpointing, freeze_vision,
@@ -187,10 +187,7 @@ def reset_peak():
 
 
 def peak_memory_gb():
-    """cuda: max allocated since the phase began; cpu: the process's max RSS so far (monotonic)."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    return runlog.peak_memory_gb(device)
 
 
 def profiled(name, fn):
