@@ -9,7 +9,7 @@ import resource
 
 import torch
 
-from difficulty import zero_advantage_ratio
+from difficulty import HINT_SOURCES, zero_advantage_ratio
 from distributed import all_gather_floats, mean_over_ranks, means_over_ranks
 
 RUN_FILES = ("log.jsonl", "summary.json", "ckpt.pt", "ckpt", "model")
@@ -60,6 +60,8 @@ def step_row(step, lr, answers_generated, rollout, group_size, r_ref, za_before,
         "format": mean_over_ranks(rollout.format.mean().item()),
         "zero_adv_before": mean_over_ranks(za_before),
         "zero_adv_after": mean_over_ranks(zero_advantage_ratio(rollout.rewards, group_size)),
+        "flat_easy": mean_over_ranks(changes["flat_easy"]), "flat_hard": mean_over_ranks(changes["flat_hard"]),
+        **{f"hints_{k}": mean_over_ranks(changes["hint_sources"].count(k)) for k in HINT_SOURCES},
         "augmented_harder": changes["harder"], "augmented_easier": changes["easier"],
         "r_ref": r_ref, "reward_hinted": mean_or_none(all_gather_floats(changes["reward_hinted"])),
         "reward_hinted_before": mean_or_none(all_gather_floats(changes["reward_hinted_before"])), **stats,
@@ -99,14 +101,20 @@ def write_summary(out_dir, history, steps, answers_generated, **extra):
 
 def zero_adv_summary(rows):
     """Means of the per-step zero-advantage ratios as first sampled and as trained on (after augmentation
-    and any vanishing-advantage remedy), both over the same steps: all of them, and the last 20%."""
-    last = rows[-max(1, len(rows) // 5):]
+    and any vanishing-advantage remedy), both over the same steps: all of them, and the last 20%. Then
+    where RL starts (the first 20 steps): the sampled ratio, its flat-easy and flat-hard parts, and the
+    hints given in those steps by source (difficulty.HINT_SOURCES)."""
+    last, start = rows[-max(1, len(rows) // 5):], rows[:20]
 
     def mean(key, part):
-        return sum(r[key] for r in part) / len(part)
+        return sum(r.get(key, 0.0) for r in part) / len(part)
     return {"zero_adv_sampled": mean("zero_adv_before", rows), "zero_adv_trained": mean("zero_adv_after", rows),
             "zero_adv_sampled_last": mean("zero_adv_before", last),
-            "zero_adv_trained_last": mean("zero_adv_after", last)}
+            "zero_adv_trained_last": mean("zero_adv_after", last),
+            "zero_adv_sampled_first_20": mean("zero_adv_before", start),
+            "flat_easy_first_20": mean("flat_easy", start), "flat_hard_first_20": mean("flat_hard", start),
+            "hints_first_20": {k: sum(r.get(f"hints_{k}", 0) for r in start) for k in HINT_SOURCES},
+            "hints_all": {k: sum(r.get(f"hints_{k}", 0) for r in rows) for k in HINT_SOURCES}}
 
 
 def plot_curves(path, rows, history):

@@ -298,7 +298,8 @@ def main():
                 results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, rank=rank,
                                    world_size=world_size, sampler=sampler)
         history.append({"step": step, "answers_generated": answers_generated,
-                        "val_accuracy": results["all"]["accuracy"], "val_format": results["all"]["format"]})
+                        "val_accuracy": results["all"]["accuracy"], "val_format": results["all"]["format"],
+                        "val_by_subset": {k: v["accuracy"] for k, v in results.items() if k != "all"}})
         if master:
             print(f"step {step}: val accuracy {results['all']['accuracy']:.3f} "
                   f"format {results['all']['format']:.3f}")
@@ -391,7 +392,9 @@ def main():
         first, final, za = summary["val_accuracy_start"], summary["val_accuracy_end"], summary
         print(f"val accuracy: {first:.3f} (start of RL) -> {final:.3f} (after {step} steps); zero-advantage ratio "
               f"sampled -> trained on: {za['zero_adv_sampled']:.2f} -> {za['zero_adv_trained']:.2f} (all steps), "
-              f"{za['zero_adv_sampled_last']:.2f} -> {za['zero_adv_trained_last']:.2f} (last 20%)")
+              f"{za['zero_adv_sampled_last']:.2f} -> {za['zero_adv_trained_last']:.2f} (last 20%); first 20 steps "
+              f"sampled {za['zero_adv_sampled_first_20']:.2f} (flat easy {za['flat_easy_first_20']:.2f}, "
+              f"flat hard {za['flat_hard_first_20']:.2f})")
     if wandb:
         wandb.finish()
     if dist.is_initialized():
