@@ -10,7 +10,8 @@ from collections import Counter, deque
 import numpy as np
 import pytest
 
-from data.synthetic.prepare import BACKGROUND, FAMILIES, generate, make_question, teacher_demonstration, trace
+from data.synthetic.prepare import (BACKGROUND, FAMILIES, TEACHER_SLIPS, generate, make_question, teacher_demonstration,
+                                   trace)
 from dataset import load_records, read_video, write_video
 
 CODES = {(1, 0, 0): "red", (0, 1, 0): "green", (0, 0, 1): "blue", (1, 1, 0): "yellow",
@@ -203,19 +204,22 @@ def test_cli_writes_files(tmp_path):
     assert len(lines) == 4 and len((tmp_path / "val.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / json.loads(lines[0])["video"]).stat().st_size > 0
     for line, taught in zip(lines, (tmp_path / "sft.jsonl").read_text().splitlines()):  # the default teacher
-        hard = json.loads(line)["meta"]["difficulty"] >= 0.667
-        assert (taught == line) != hard and ("teacher_answer" in taught) == hard
+        if json.loads(line)["meta"]["difficulty"] >= 0.667:
+            assert json.loads(taught)["answer"] == "A" and "teacher_answer" in taught
     bad = subprocess.run([sys.executable, "data/synthetic/prepare.py", "--out", str(tmp_path),
                           "--teacher_guesses_from", "-1"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--teacher_guesses_from must be >= 0 (> 1: a perfect teacher), got -1.0" in bad.stderr
+    assert bad.returncode == 2 and "--teacher_guesses_from must be >= 0 (> 1: never), got -1.0" in bad.stderr
+    bad = subprocess.run([sys.executable, "data/synthetic/prepare.py", "--out", str(tmp_path), "--teacher_slip", "1.5"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--teacher_slip must be in [0, 1], got 1.5" in bad.stderr
 
 
 def test_teacher_guesses_a_on_the_hardest_clips_only(tmp_path):
     """Below the threshold a demonstration is the ground truth; from it on, the teacher answers A with the
     trace that reasons to A's option (right only where A is the truth). A threshold above 1 is a perfect
     teacher; train.jsonl never changes."""
-    generate(tmp_path / "perfect", seed=2, n_train=64, n_val=2, teacher_guesses_from=1.5)
-    data = generate(tmp_path / "t", seed=2, n_train=64, n_val=2, teacher_guesses_from=0.5)
+    generate(tmp_path / "perfect", seed=2, n_train=64, n_val=2, teacher_guesses_from=1.5, teacher_slip=0.0)
+    data = generate(tmp_path / "t", seed=2, n_train=64, n_val=2, teacher_guesses_from=0.5, teacher_slip=0.0)
     assert (tmp_path / "perfect" / "sft.jsonl").read_text() == (tmp_path / "perfect" / "train.jsonl").read_text()
     assert (tmp_path / "t" / "train.jsonl").read_text() == (tmp_path / "perfect" / "train.jsonl").read_text()
     sft = load_records(tmp_path / "t" / "sft.jsonl")
@@ -249,5 +253,39 @@ def test_trace_is_the_records_reasoning_and_reasons_to_any_option():
             assert STEP_OPTIONS[first] & STEP_OPTIONS[second] == {option} and option in last
     record = {"answer": "D", "options": ["red", "green", "blue", "yellow"], "reasoning": trace("colour", "yellow"),
               "meta": {"family": "colour", "answer_text": "yellow", "difficulty": 0.7}}
-    assert teacher_demonstration(record, 0.7)["reasoning"] == trace("colour", "red")
-    assert teacher_demonstration(record, 0.71) is record
+    assert teacher_demonstration(record, 0.7, 0.0, 0, 0)["reasoning"] == trace("colour", "red")
+    assert teacher_demonstration(record, 0.71, 0.0, 0, 0) is record
+
+
+def test_teacher_slips_only_where_told(tmp_path):
+    """teacher_slip=1 (no guessing): every colour/first question answered yellow or blue gets the slipped
+    letter after the right reasoning; every other record, and train.jsonl, is the ground truth."""
+    generate(tmp_path / "t0", seed=2, n_train=64, n_val=2, teacher_guesses_from=1.5, teacher_slip=0.0)
+    data = generate(tmp_path / "t1", seed=2, n_train=64, n_val=2, teacher_guesses_from=1.5, teacher_slip=1.0)
+    assert (tmp_path / "t0" / "sft.jsonl").read_text() == (tmp_path / "t0" / "train.jsonl").read_text()
+    assert (tmp_path / "t1" / "train.jsonl").read_text() == (tmp_path / "t0" / "train.jsonl").read_text()
+    sft = load_records(tmp_path / "t1" / "sft.jsonl")
+    n_slipped = 0
+    for truth, taught in zip(data["train"], sft):
+        m = truth["meta"]
+        if not (m["family"] in ("colour", "first") and m["answer_text"] in TEACHER_SLIPS):
+            assert taught["answer"] == truth["answer"] and taught["reasoning"] == truth["reasoning"]
+            continue
+        n_slipped += 1
+        said = TEACHER_SLIPS[m["answer_text"]]
+        assert taught["options"][ord(taught["answer"]) - ord("A")] == said != m["answer_text"]
+        assert taught["reasoning"] == truth["reasoning"] and m["answer_text"] in taught["reasoning"]
+        assert taught["meta"]["teacher_answer"] == said
+    assert n_slipped >= 8  # 32 colour/first questions, about half answered yellow or blue
+
+
+def test_teacher_slip_rate_and_the_guess_takes_precedence():
+    """The slip happens with the probability asked for, independently per question, on clips below the
+    guessing threshold; from the threshold on the teacher guesses A whatever the slip."""
+    record = {"reasoning": trace("colour", "yellow"), "answer": "D", "options": ["red", "green", "blue", "yellow"],
+              "meta": {"family": "colour", "answer_text": "yellow", "difficulty": 0.5}}
+    slipped = [teacher_demonstration(record, 0.667, 0.6, seed=0, i=i)["answer"] == "B" for i in range(4000)]
+    assert abs(np.mean(slipped) - 0.6) < 0.03                  # 3.9 standard errors
+    assert abs(np.mean(slipped[::2]) - np.mean(slipped[1::2])) < 0.05
+    hard = {**record, "meta": {**record["meta"], "difficulty": 0.8}}
+    assert all(teacher_demonstration(hard, 0.667, 0.6, 0, i)["answer"] == "A" for i in range(50))

@@ -1,7 +1,7 @@
 """Synthetic video-reasoning benchmark: coloured shapes on a dark background, 8 frames of 112x112.
 
     python data/synthetic/prepare.py [--out data/synthetic] [--seed 0] [--n_train 2000] [--n_val 1000]
-                                     [--teacher_guesses_from 0.667] [--workers N]
+                                     [--teacher_guesses_from 0.667] [--teacher_slip 0.6] [--workers N]
 
 writes <out>/train.jsonl, <out>/val.jsonl, <out>/sft.jsonl and <out>/videos/{train,val}_NNNNNN.mp4.
 
@@ -35,14 +35,16 @@ Ground truth is in meta (family, difficulty, answer_text and the family's parame
 
 train.jsonl and val.jsonl hold ground truth: answers for the RL rewards and the evaluation. sft.jsonl
 holds the SFT warm start's demonstrations for the same train questions, written by a simulated teacher
-with a blind spot: it reads clips below difficulty `teacher_guesses_from` (0.667) right, and on the
-hardest third (small objects, pixel noise, distractors), which it cannot read, it guesses option A and
-writes the trace that reasons to A: the position bias of a model that does not know, wrong on three in
-four of those clips. SFT copies both habits, so the policy answers clean clips from the video and
-noisy ones with A, with confidence: RL starts with groups flat from both sides (all right on clips it
-reads well and on hard clips whose answer is A, all wrong on the other hard clips). The accuracy reward
-knows the truth; what RL can fix is the guess, by reading the hard clips as far as the model's
-perception allows. `--teacher_guesses_from 2` makes a perfect teacher (sft.jsonl equals train.jsonl).
+with two flaws of a distilled model. It cannot read the hardest third of the clips (difficulty >=
+`teacher_guesses_from`, 0.667: small objects, pixel noise, distractors) and there guesses option A with
+the trace that reasons to A, the position bias of a model that does not know: wrong on three in four
+of them. On the clips it reads, when a colour or first question's answer is yellow or blue, it reasons
+right and then, with probability `teacher_slip` (0.6), writes green's or red's letter, contradicting its
+own reasoning. SFT copies both. RL's reward knows the truth: the slips show inside groups whose answers
+differ, which any RL arm learns from; the guesses make groups flat from both sides (all right where the
+answer is A, all wrong elsewhere), the zero-advantage groups the paper's augmentation targets, on clips
+the tiny model reads poorly itself. `--teacher_guesses_from 2 --teacher_slip 0` makes a perfect teacher
+(sft.jsonl equals train.jsonl).
 """
 
 import argparse
@@ -71,6 +73,7 @@ COUNTS = ("1", "2", "3", "4")
 FAMILIES = ("motion", "colour", "count", "first")
 WARM, BRIGHT = ("red", "yellow"), ("yellow", "green")  # the two halvings the colour reasoning uses
 TEACHER_GUESSES_FROM = 0.667  # difficulty from which the SFT teacher guesses A (the hardest third)
+TEACHER_SLIP = 0.6            # below it: how often it writes green's / red's letter after reasoning yellow / blue
 CELL = 37  # 3x3 grid for static layouts with more than 4 objects (size <= 28 - 18 * 0.75)
 
 
@@ -252,17 +255,26 @@ def first(rng, k, d):
     return video, "Which colour appears first?", options, letter, reasoning, meta
 
 
-def teacher_demonstration(record, guesses_from):
-    """The record as the teacher demonstrates it: right where the clip's difficulty is below
-    `guesses_from`; from there on (the hardest clips: small objects, pixel noise, distractors) the
-    teacher cannot read the clip and guesses option A, with the trace that reasons to A (the position
-    bias of a model that does not know), a right answer only where A is the truth. guesses_from > 1:
-    a perfect teacher."""
+TEACHER_SLIPS = {"yellow": "green", "blue": "red"}  # the letter the teacher slips to, on clips it reads
+
+
+def teacher_demonstration(record, guesses_from, slip, seed, i):
+    """The record as the teacher demonstrates it. From difficulty `guesses_from` on (the hardest clips:
+    small objects, pixel noise, distractors) it cannot read the clip and guesses option A, with the trace
+    that reasons to A (a right answer only where A is the truth). Below it, it reads the clip, but on a
+    colour or first question whose answer is in TEACHER_SLIPS, with probability `slip`, it follows its
+    (right) reasoning with the letter of the slipped colour. Otherwise the record unchanged.
+    guesses_from > 1 and slip 0: a perfect teacher."""
     m = record["meta"]
-    if m["difficulty"] < guesses_from:
+    if m["difficulty"] >= guesses_from:
+        said = record["options"][0]
+        return {**record, "answer": option_letters(4)[0], "reasoning": trace(m["family"], said),
+                "meta": {**m, "teacher_answer": said}}
+    rng = np.random.default_rng([seed, 2, i])
+    if m["family"] not in ("colour", "first") or m["answer_text"] not in TEACHER_SLIPS or rng.random() >= slip:
         return record
-    said = record["options"][0]
-    return {**record, "answer": option_letters(4)[0], "reasoning": trace(m["family"], said),
+    said = TEACHER_SLIPS[m["answer_text"]]
+    return {**record, "answer": option_letters(4)[record["options"].index(said)],
             "meta": {**m, "teacher_answer": said}}
 
 
@@ -301,7 +313,8 @@ def write_question(out_dir, seed, split, i):
     return record
 
 
-def generate(out_dir, seed=0, n_train=2000, n_val=1000, teacher_guesses_from=TEACHER_GUESSES_FROM, workers=1):
+def generate(out_dir, seed=0, n_train=2000, n_val=1000, teacher_guesses_from=TEACHER_GUESSES_FROM,
+             teacher_slip=TEACHER_SLIP, workers=1):
     """Write <out_dir>/{train,val,sft}.jsonl and <out_dir>/videos/*.mp4; return {split: records}.
     `workers` processes render and encode the clips; every question depends only on (seed, split, i)
     and write_video's bytes are deterministic, so the files are the same for any number of workers."""
@@ -312,7 +325,8 @@ def generate(out_dir, seed=0, n_train=2000, n_val=1000, teacher_guesses_from=TEA
             records = list(pool.map(render, range(n), chunksize=32) if pool else map(render, range(n)))
             write_records(os.path.join(out_dir, f"{split}.jsonl"), records)
             out[split] = records
-    out["sft"] = [teacher_demonstration(r, teacher_guesses_from) for r in out["train"]]
+    out["sft"] = [teacher_demonstration(r, teacher_guesses_from, teacher_slip, seed, i)
+                  for i, r in enumerate(out["train"])]
     write_records(os.path.join(out_dir, "sft.jsonl"), out["sft"])
     return out
 
@@ -324,21 +338,29 @@ if __name__ == "__main__":
     p.add_argument("--n_train", type=int, default=2000)
     p.add_argument("--n_val", type=int, default=1000)
     p.add_argument("--teacher_guesses_from", type=float, default=TEACHER_GUESSES_FROM,
-                   help="difficulty from which the SFT teacher guesses option A (> 1: a perfect teacher)")
+                   help="difficulty from which the SFT teacher guesses option A (> 1: never)")
+    p.add_argument("--teacher_slip", type=float, default=TEACHER_SLIP,
+                   help="below that, the probability that the teacher writes green's letter after reasoning yellow "
+                        "and red's after blue (0: never)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes that render and encode the clips (default: one per CPU); same files for any")
     args = p.parse_args()
     if not args.teacher_guesses_from >= 0:
-        p.error(f"--teacher_guesses_from must be >= 0 (> 1: a perfect teacher), got {args.teacher_guesses_from}")
+        p.error(f"--teacher_guesses_from must be >= 0 (> 1: never), got {args.teacher_guesses_from}")
+    if not 0 <= args.teacher_slip <= 1:
+        p.error(f"--teacher_slip must be in [0, 1], got {args.teacher_slip}")
     if args.workers < 1:
         p.error(f"--workers must be >= 1, got {args.workers}")
     t = time.time()
-    data = generate(args.out, args.seed, args.n_train, args.n_val, args.teacher_guesses_from, args.workers)
+    data = generate(args.out, args.seed, args.n_train, args.n_val, args.teacher_guesses_from, args.teacher_slip,
+                    args.workers)
     for split, records in data.items():
         fams = {f: sum(r["meta"]["family"] == f for r in records) for f in FAMILIES}
         print(f"{split}: {len(records)} questions {fams} -> {os.path.join(args.out, split + '.jsonl')}")
-    guessed = sum("teacher_answer" in r["meta"] for r in data["sft"])
+    guessed = sum(r["meta"]["difficulty"] >= args.teacher_guesses_from for r in data["sft"])
+    slipped = sum("teacher_answer" in r["meta"] and r["meta"]["difficulty"] < args.teacher_guesses_from
+                  for r in data["sft"])
     wrong = sum(r["answer"] != t["answer"] for r, t in zip(data["sft"], data["train"]))
-    print(f"sft.jsonl: the teacher guesses A on {guessed} of {len(data['sft'])} clips, those of difficulty >= "
-          f"{args.teacher_guesses_from}; {wrong} of its answers are wrong")
+    print(f"sft.jsonl: the teacher guesses A on {guessed} of {len(data['sft'])} clips (difficulty >= "
+          f"{args.teacher_guesses_from}) and slips its letter on {slipped}; {wrong} of its answers are wrong")
     print(f"done in {time.time() - t:.1f}s")
