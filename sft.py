@@ -3,8 +3,10 @@ Supervised warm start on the reasoning traces, so that RL starts from a policy t
 `<think>...</think><answer>...</answer>` format. The tiny default starts from random weights and needs
 it; a released Qwen2.5-VL checkpoint follows the format from its prompt (the paper's SFT baseline is
 this step on SEED-Bench-R1's training traces). On the embedded default the demonstrations come from a
-simulated teacher whose answer letter sometimes contradicts its own reasoning (`data/synthetic/sft.jsonl`);
-RL's rewards use the truth.
+simulated teacher that guesses A on the clips it cannot read and sometimes slips its letter on those it
+reads (`data/synthetic/sft.jsonl`); RL's rewards use the truth. A quarter of the demonstrations are
+shown with a hint in the prompt (`hint_fraction`), so the policy can write the answer-conditioned traces
+the paper's hints are made of.
 
     python sft.py                                    # tiny model from scratch -> out/tiny-sft
     python sft.py --init_from=Qwen/Qwen2.5-VL-3B-Instruct --device=cuda --dtype=bfloat16 ...

@@ -77,7 +77,8 @@ noise_sigma0 = 0.1            # noise std in [0, 1] pixel units per unit of l_pe
 buffer_window = 12            # steps in the reward buffer (the paper: 100 samples)
 difficulty_margin = DEFAULT_MARGIN  # the paper augments on any nonzero delta (margin 0); with G = 8 a group
                               # mean moves about 0.2 by sampling noise alone, so a margin leaves those alone
-augment_flat_only = True      # augment only groups whose rewards are all equal (see difficulty.plan_groups)
+augment_flat_only = True      # our variant: augment only groups whose rewards are all equal; False: the paper's rule
+                              # (every sample whose r_cur is off r_ref by more than the margin; difficulty.plan_groups)
 hint_trace_samples = 8        # traces the policy writes, shown the answer, per sample that needs a hint
 vanishing_fix = "none"        # other remedies, for the ablation: none | dynamic_sampling | group_replay
 resample_rounds = 3           # dynamic_sampling: at most this many extra draws per step
