@@ -232,20 +232,21 @@ def plan_groups(rewards, group_size, r_ref, margin=DEFAULT_MARGIN, augment="both
 def redo_groups(plans, records, videos, rollout, group_size, traces, harder_mode="noise",
                 sigma0=DEFAULT_SIGMA0, generator=None):
     """
-    With what video or hint to redo each group: one {"redo", "frames", "hint"} per group.
+    With what video or hint to redo each group: one {"redo", "frames", "hint", "hint_source"} per group.
     "harder": the sample's frames made harder (make_harder), no hint. "easier": its own frames and a
-    hint of the first l_guide pieces of a trace (hint_trace). rollout: texts (N,) and accuracy (N,)
-    of the first sampling, groups of group_size contiguous. traces: the HintTraces store.
+    hint of the first l_guide pieces of a trace (hint_trace; hint_source says which of HINT_SOURCES
+    it came from). rollout: texts (N,) and accuracy (N,) of the first sampling, groups of group_size
+    contiguous. traces: the HintTraces store.
     """
     out = []
     for i, (plan, record, frames) in enumerate(zip(plans, records, videos)):
-        hint = ""
+        hint, source = "", None
         if plan["action"] == "harder":
             frames = make_harder(frames, plan, mode=harder_mode, sigma0=sigma0, generator=generator)
         elif plan["action"] == "easier":
-            trace = hint_trace(record, own_correct_answers(rollout, group_size, i), traces)
+            trace, source = hint_trace_and_source(record, own_correct_answers(rollout, group_size, i), traces)
             hint = build_hint(plan["l_guide"], hint_pieces(trace, record))
-        out.append({"redo": plan["action"] != "none", "frames": frames, "hint": hint})
+        out.append({"redo": plan["action"] != "none", "frames": frames, "hint": hint, "hint_source": source})
     return out
 
 
@@ -308,15 +309,29 @@ def own_correct_answers(rollout, group_size, i):
     return [rollout.texts[j] for j in rows if rollout.accuracy[j] > 0]
 
 
+HINT_SOURCES = ("own_answer", "policy_trace", "dataset", "none")
+
+
 def hint_trace(record, own_correct=(), traces=None):
     """The trace a hint is cut from, first found of: the group's own first correct answer (the
     cheaper source), the stored answer-conditioned trace, the dataset's reasoning, ""."""
+    return hint_trace_and_source(record, own_correct, traces)[0]
+
+
+def hint_trace_and_source(record, own_correct=(), traces=None):
+    """(hint_trace's trace, where it came from: one of HINT_SOURCES). The first two are the policy's
+    own writing (a correct answer of the group, an answer-conditioned trace); "dataset" is the record's
+    reasoning, the last resort."""
     if isinstance(own_correct, str):
         raise ValueError("hint_trace: own_correct must be a list of completions, got one string")
     for text in own_correct:
         if _think(text).strip():
-            return _think(text).strip()
-    return (traces.get(record["id"]) if traces is not None else "") or record.get("reasoning") or ""
+            return _think(text).strip(), "own_answer"
+    stored = traces.get(record["id"]) if traces is not None else ""
+    if stored:
+        return stored, "policy_trace"
+    reasoning = record.get("reasoning") or ""
+    return reasoning, "dataset" if reasoning else "none"
 
 
 def answer_text(record):

@@ -17,6 +17,12 @@ at the optimum, rho_i = log pi_theta(y_i|x) - log pi_old(y_i|x). The paper regre
 the first: L = mean_i (A_i - Ahat_i)^2 (+ beta * KL(pi_theta || pi_ref)). No ratio clip, no min.
 With population std on both sides the per-group loss is 2 * (1 - pearson(rho, A)).
 
+One summary of the paper writes the prediction with a factor, Ahat_i = eps * (log rho_i - mu) / sigma
+(no value given). It only scales the gradient: sum_i Ahat_i^2 = G above the floor whatever rho is, so
+sum_i (A_i - eps * z_i)^2 = G * (1 + eps^2) - 2 * eps * sum_i A_i * z_i, whose gradient is eps times
+that of eps = 1 and whose minimisers are the same. With Adam and gradient clipping, a scale is a
+learning rate: neither form here has such a factor (form="scaled" fixes the gradient's scale instead).
+
 Gradient. Per group, with c = rho - mean_g rho, s = std_g rho, z = c / s, p = mean_g(A * z):
 
     d/drho_j sum_i (A_i - z_i)^2 = -(2 / s) * (A_j - p * z_j)                          (s > floor)
@@ -52,9 +58,11 @@ Groups. Every loss takes group_ids (N,): rows with the same id are the G answers
 must be contiguous and every group must hold exactly group_size rows; anything else raises. Trainers
 that shuffle rows (TRL) must sort by group id first, and a micro-batch must hold whole groups.
 
-Choices (the paper leaves them open):
-- rho is the SUM of token log-ratios over the completion (the paper read literally; REBEL does so);
-  token_mean=True takes the mean.
+Choices (the paper leaves them open). The defaults of reg_grpo_loss are train.py's:
+- rho is the token MEAN of the log-ratios (token_mean=True): with the scaled form the rho = 0
+  gradient is then GRPO's own, token for token, so beta weighs the KL as in GRPO. token_mean=False
+  takes the SUM over the completion, the paper read literally (and REBEL's rho): form="paper",
+  token_mean=False is the loss as printed.
 - std is the population std (unbiased=False) for A and Ahat alike; that makes the identity exact.
 - Arithmetic runs in float32 (float64 stays float64): bf16 log-probs are upcast first.
 - The floor is applied to var before the sqrt, so no 0 * inf = NaN reaches the gradient.
@@ -166,8 +174,8 @@ def group_advantages(rewards, group_size, eps=1e-4):
     return (c / (std + eps)).view(-1)  # (N,)
 
 
-def reg_grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, ref_logps=None, beta=0.0,
-                  eps=1e-4, token_mean=False, form="scaled"):
+def reg_grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, ref_logps=None, beta=0.04,
+                  eps=1e-4, token_mean=True, form="scaled"):
     """
     Reg-GRPO: regression of Ahat_i = (rho_i - mean_g rho) / max(std_g rho, eps) on A_i, + beta * KL.
 
@@ -179,12 +187,14 @@ def reg_grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, 
     group_size G
     ref_logps  (N, T) log pi_ref, optional; the k3 KL (token mean per answer, mean over answers)
                is added times beta when given and beta > 0, and always reported in stats.
-    eps        std floor of Ahat.
-    token_mean rho_i as the mean instead of the sum of token log-ratios.
-    form       "scaled": each informative group's squared error times sg[max(std rho, eps)] / 2, flat
-               groups left out (at rho = 0: REINFORCE with A at GRPO's scale; module docstring).
-               "paper": mean_i (A_i - Ahat_i)^2 over all answers, as printed (at rho = 0: REINFORCE
-               times 2 / eps).
+    beta       KL weight (train.py's 0.04; the paper uses 0.1 on SEED-Bench-R1).
+    eps        std floor of Ahat (train.py's std_floor).
+    token_mean rho_i as the mean (default, train.py's rho_token_mean) or, False, the sum (the paper's
+               rho read literally) of the token log-ratios.
+    form       "scaled" (default, train.py's reg_form): each informative group's squared error times
+               sg[max(std rho, eps)] / 2, flat groups left out (at rho = 0: REINFORCE with A at GRPO's
+               scale; module docstring). "paper": mean_i (A_i - Ahat_i)^2 over all answers (at rho = 0:
+               REINFORCE times 2 / eps); with token_mean=False it is the loss as printed.
 
     With num_iterations = 1 (one update per sampled batch, TRL's default) rho is 0 at every update:
     the scaled form is then exactly the sequence-level policy gradient -(1/N) sum_j A_j grad rho_j and
@@ -229,7 +239,7 @@ def reg_grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, 
     return loss, stats
 
 
-def grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, ref_logps=None, beta=0.0,
+def grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, ref_logps=None, beta=0.04,
               clip_eps=0.2):
     """
     GRPO clipped surrogate (DeepSeekMath), the baseline. Per token, ratio = exp(logps - old_logps):
@@ -264,7 +274,7 @@ def grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, ref_
     return loss, stats
 
 
-def rebel_loss(logps, old_logps, rewards, mask, group_ids, *, group_size, eta=1.0, ref_logps=None, beta=0.0):
+def rebel_loss(logps, old_logps, rewards, mask, group_ids, *, group_size, eta=1.0, ref_logps=None, beta=0.04):
     """
     REBEL (arXiv 2404.16767), the paper's other baseline: regress differences of log-ratios on
     differences of raw rewards over every pair i < j of a group,

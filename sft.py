@@ -3,8 +3,10 @@ Supervised warm start on the reasoning traces, so that RL starts from a policy t
 `<think>...</think><answer>...</answer>` format. The tiny default starts from random weights and needs
 it; a released Qwen2.5-VL checkpoint follows the format from its prompt (the paper's SFT baseline is
 this step on SEED-Bench-R1's training traces). On the embedded default the demonstrations come from a
-simulated teacher whose answer letter sometimes contradicts its own reasoning (`data/synthetic/sft.jsonl`);
-RL's rewards use the truth.
+simulated teacher that guesses A on the clips it cannot read and sometimes slips its letter on those it
+reads (`data/synthetic/sft.jsonl`); RL's rewards use the truth. A quarter of the demonstrations are
+shown with a hint in the prompt (`hint_fraction`), so the policy can write the answer-conditioned traces
+the paper's hints are made of.
 
     python sft.py                                    # tiny model from scratch -> out/tiny-sft
     python sft.py --init_from=Qwen/Qwen2.5-VL-3B-Instruct --device=cuda --dtype=bfloat16 ...
@@ -31,6 +33,7 @@ from machinery.checkpoint import (barrier, check_resume_settings, checkpoint_pat
                         safe_load, save_checkpoint, save_full_model, set_rng_state, unwrap)
 from machinery.configurator import DTYPES, configure, inert_settings, video_problems, warmup_warning, writable_dir
 from machinery.dataset import format_question, load_samples, read_records_or_exit
+from difficulty import build_hint, hint_pieces
 from machinery.distributed import all_reduce_sum, leave_process_group, setup_distributed, wrap_policy
 from machinery.optim import adamw, lr_at
 from machinery.logprobs import completion_logps
@@ -51,6 +54,8 @@ train_data = "data/synthetic/sft.jsonl"   # the teacher's demonstrations (see da
 val_data = "data/synthetic/val.jsonl"
 max_steps = 800
 batch_size = 16
+hint_fraction = 0.25          # share of demonstrations shown with a hint in the prompt (demo_hint), so the policy
+                              # learns to follow one: the paper's hints are the policy's own answer-conditioned traces
 learning_rate = 1e-3
 min_lr_ratio = 0.1
 warmup_steps = 30
@@ -84,6 +89,7 @@ def setting_problems(c):
         (c["max_steps"] >= 1, f"max_steps={c['max_steps']}: need >= 1"),
         (c["checkpoint_interval"] >= 1, f"checkpoint_interval={c['checkpoint_interval']}: need >= 1 step"),
         (c["batch_size"] >= 1, f"batch_size={c['batch_size']}: need >= 1"),
+        (0 <= c["hint_fraction"] <= 1, f"hint_fraction={c['hint_fraction']}: need 0..1"),
         (c["learning_rate"] > 0, f"learning_rate={c['learning_rate']}: need > 0"),
         (0 <= c["min_lr_ratio"] <= 1, f"min_lr_ratio={c['min_lr_ratio']}: need 0..1"),
         (c["warmup_steps"] >= 0, f"warmup_steps={c['warmup_steps']}: need >= 0"),
@@ -120,15 +126,27 @@ def corpus_texts(records):
     return texts
 
 
+def demo_hint(record, rng):
+    """The hint a demonstration is shown with: "" (no hint) with probability 1 - hint_fraction, else the
+    first k of difficulty.hint_pieces of its own reasoning, k uniform over them (the answer is the last
+    piece), the form train.py's augmentation gives. The completion stays the whole demonstration: a
+    policy that saw these follows a hint, and shown "The answer is X." it reasons toward X, which is what
+    the paper's answer-conditioned traces ask of it. No draw at all when hint_fraction is 0."""
+    if hint_fraction <= 0 or rng.random() >= hint_fraction:
+        return ""
+    pieces = hint_pieces(record.get("reasoning") or "", record)
+    return build_hint(rng.randint(1, len(pieces)), pieces)
+
+
 def target_ids(tok, sample):
     """The tokens SFT teaches for a sample: its reference completion ending in <|im_end|>."""
     return tok(reference_completion(sample) + "<|im_end|>", add_special_tokens=False)["input_ids"]
 
 
-def sft_batch(processor, samples):
-    """Prompts with their videos, then the reference completion ending in <|im_end|>."""
+def sft_batch(processor, samples, hints=None):
+    """Prompts with their videos (and hints, when given), then the reference completion ending in <|im_end|>."""
     tok = processor.tokenizer
-    prompt = encode_prompts(processor, samples, [s["frames"] for s in samples])
+    prompt = encode_prompts(processor, samples, [s["frames"] for s in samples], hints)
     targets = [target_ids(tok, s) for s in samples]
     T = max(map(len, targets))
     completion = torch.full((len(samples), T), tok.pad_token_id, dtype=torch.long)
@@ -218,7 +236,8 @@ def main():
         for group in optimizer.param_groups:
             group["lr"] = lr
         picked = rng.sample(samples, batch_size)
-        batch = to_device(sft_batch(processor, picked[rank::world_size]), device)
+        hints = [demo_hint(r, rng) for r in picked]                            # the same draws on every rank
+        batch = to_device(sft_batch(processor, picked[rank::world_size], hints[rank::world_size]), device)
         with compute:
             logps = completion_logps(model, batch)                               # (B / ranks, T), float32
         mask = batch["completion_mask"].float()

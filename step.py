@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 
 from machinery.dataset import VideoError, read_sample
-from difficulty import answer_piece, group_mean_rewards, plan_groups, redo_groups, wants_trace, zero_advantage_ratio
+from difficulty import (HINT_SOURCES, answer_piece, flat_groups, group_mean_rewards, plan_groups, redo_groups,
+                        wants_trace, zero_advantage_ratio)
 from machinery.distributed import any_rank, gradient_sync
 from machinery.logprobs import length_sorted_logps
 from reg_grpo import grpo_loss, rebel_loss, reg_grpo_loss
@@ -86,8 +87,9 @@ def sample_with_augmentation(s, policy, processor, prompts, r_ref, traces, gen, 
 
     Returns the rollout to train on, the per-prompt group means r_cur of the first sampling (what goes
     into the reward buffer), its zero-advantage ratio, what was changed (counts of "harder" and
-    "easier" groups, the hints, the mean rewards of hinted groups before and after the hint) and the
-    number of answers generated.
+    "easier" groups, the hints and where each came from, the mean rewards of hinted groups before and
+    after the hint; the shares of the first sampling's groups that were flat with every answer right,
+    flat_easy, and with every answer wrong, flat_hard) and the number of answers generated.
     """
     G = s.group_size
     videos = [p["frames"] for p in prompts]
@@ -105,10 +107,14 @@ def sample_with_augmentation(s, policy, processor, prompts, r_ref, traces, gen, 
     r_cur = group_mean_rewards(first.rewards, G)
     r_new = dict(zip(rows, group_mean_rewards(new.rewards, G).tolist())) if rows else {}
     hinted = [i for i in rows if redo[i]["hint"]]
+    flat_acc = first.accuracy.view(-1, G).mean(1)[flat_groups(first.rewards, G)]     # flat groups' accuracy
     changes = {"harder": len(rows) - len(hinted), "easier": len(hinted), "hints": [redo[i]["hint"] for i in hinted],
                "reward_hinted": [r_new[i] for i in hinted], "reward_hinted_before": [r_cur[i].item() for i in hinted],
                "format_sampled": first.format.mean().item(),
-               "format_failed_groups": int((first.format.view(-1, G).amax(1) == 0).sum())}
+               "format_failed_groups": int((first.format.view(-1, G).amax(1) == 0).sum()),
+               "hint_counts": {k: [redo[i]["hint_source"] for i in hinted].count(k) for k in HINT_SOURCES},
+               "flat_easy": (flat_acc >= 0.5).sum().item() / len(prompts),   # every answer right
+               "flat_hard": (flat_acc < 0.5).sum().item() / len(prompts)}    # every answer wrong
     n_generated = len(first.texts) + n_traces + (len(new.texts) if rows else 0)
     return concat_rollouts(groups), r_cur, zero_advantage_ratio(first.rewards, G), changes, n_generated
 

@@ -81,7 +81,8 @@ noise_sigma0 = 0.1            # noise std in [0, 1] pixel units per unit of l_pe
 buffer_window = 12            # steps in the reward buffer (the paper: 100 samples)
 difficulty_margin = DEFAULT_MARGIN  # the paper augments on any nonzero delta (margin 0); with G = 8 a group
                               # mean moves about 0.2 by sampling noise alone, so a margin leaves those alone
-augment_flat_only = True      # augment only groups whose rewards are all equal (see difficulty.plan_groups)
+augment_flat_only = True      # our variant: augment only groups whose rewards are all equal; False: the paper's rule
+                              # (every sample whose r_cur is off r_ref by more than the margin; difficulty.plan_groups)
 hint_trace_samples = 8        # traces the policy writes, shown the answer, per sample that needs a hint
 vanishing_fix = "none"        # other remedies, for the ablation: none | dynamic_sampling | group_replay
 resample_rounds = 3           # dynamic_sampling: at most this many extra draws per step
@@ -364,7 +365,8 @@ def main():
                                    world_size=world_size, sampler=sampler, decode_compile=decode_compile,
                                    decode_graph=decode_graph)
         history.append({"step": step, "answers_generated": answers_generated,
-                        "val_accuracy": results["all"]["accuracy"], "val_format": results["all"]["format"]})
+                        "val_accuracy": results["all"]["accuracy"], "val_format": results["all"]["format"],
+                        "val_by_subset": {k: v["accuracy"] for k, v in results.items() if k != "all"}})
         if master:
             print(f"step {step}: val accuracy {results['all']['accuracy']:.3f} "
                   f"format {results['all']['format']:.3f}")
@@ -462,7 +464,9 @@ def main():
         first, final, za = summary["val_accuracy_start"], summary["val_accuracy_end"], summary
         print(f"val accuracy: {first:.3f} (start of RL) -> {final:.3f} (after {step} steps); zero-advantage ratio "
               f"sampled -> trained on: {za['zero_adv_sampled']:.2f} -> {za['zero_adv_trained']:.2f} (all steps), "
-              f"{za['zero_adv_sampled_last']:.2f} -> {za['zero_adv_trained_last']:.2f} (last 20%)")
+              f"{za['zero_adv_sampled_last']:.2f} -> {za['zero_adv_trained_last']:.2f} (last 20%); first 20 steps "
+              f"sampled {za['zero_adv_sampled_first_20']:.2f} (flat easy {za['flat_easy_first_20']:.2f}, "
+              f"flat hard {za['flat_hard_first_20']:.2f})")
     if wandb:
         wandb.finish()
     if dist.is_initialized():

@@ -62,6 +62,8 @@ def step_row(step, lr, answers_generated, rollout, r_ref, za_before, za_after, c
         "format": mean_over_ranks(rollout.format.mean().item()),
         "zero_adv_before": mean_over_ranks(za_before),
         "zero_adv_after": mean_over_ranks(za_after),
+        "flat_easy": mean_over_ranks(changes["flat_easy"]), "flat_hard": mean_over_ranks(changes["flat_hard"]),
+        **{f"hints_{k}": mean_over_ranks(n) for k, n in changes["hint_counts"].items()},
         "augmented_harder": changes["harder"], "augmented_easier": changes["easier"],
         "r_ref": r_ref, "reward_hinted": mean_or_none(all_gather_floats(changes["reward_hinted"])),
         "reward_hinted_before": mean_or_none(all_gather_floats(changes["reward_hinted_before"])), **stats,
@@ -104,14 +106,21 @@ def write_summary(out_dir, history, steps, answers_generated, **extra):
 
 def zero_adv_summary(rows):
     """Means of the per-step zero-advantage ratios as first sampled and as trained on (after augmentation
-    and any vanishing-advantage remedy), both over the same steps: all of them, and the last 20%."""
-    last = rows[-max(1, len(rows) // 5):]
+    and any vanishing-advantage remedy), both over the same steps: all of them, and the last 20%. Then
+    where RL starts (the first 20 steps): the sampled ratio, its flat-easy and flat-hard parts, and the
+    hints given in those steps by source (the rows' hints_<source> keys)."""
+    last, start = rows[-max(1, len(rows) // 5):], rows[:20]
+    sources = [k[len("hints_"):] for k in (rows[0] if rows else {}) if k.startswith("hints_")]
 
     def mean(key, part):
-        return sum(r[key] for r in part) / len(part)
+        return sum(r.get(key, 0.0) for r in part) / len(part)
     return {"zero_adv_sampled": mean("zero_adv_before", rows), "zero_adv_trained": mean("zero_adv_after", rows),
             "zero_adv_sampled_last": mean("zero_adv_before", last),
-            "zero_adv_trained_last": mean("zero_adv_after", last)}
+            "zero_adv_trained_last": mean("zero_adv_after", last),
+            "zero_adv_sampled_first_20": mean("zero_adv_before", start),
+            "flat_easy_first_20": mean("flat_easy", start), "flat_hard_first_20": mean("flat_hard", start),
+            "hints_first_20": {k: sum(r.get(f"hints_{k}", 0) for r in start) for k in sources},
+            "hints_all": {k: sum(r.get(f"hints_{k}", 0) for r in rows) for k in sources}}
 
 
 def plot_curves(path, rows, history):

@@ -18,7 +18,14 @@ def reg(logps, old, adv, mask, g=G, **kw):
 
 
 def paper(logps, old, adv, mask, g=G, **kw):
+    """The loss as printed: paper form, rho the token sum (unless token_mean is given)."""
+    kw.setdefault("token_mean", False)
     return reg(logps, old, adv, mask, g, form="paper", **kw)
+
+
+def reg_sum(logps, old, adv, mask, g=G, **kw):
+    """The scaled form with rho the token sum (the default is the mean)."""
+    return reg(logps, old, adv, mask, g, token_mean=False, **kw)
 
 
 def grpo(logps, old, adv, mask, g=G, **kw):
@@ -425,7 +432,7 @@ def test_scaled_form_matches_float64_reference_with_gradient(spread):
     mask = torch.ones(n, t)
     rewards = torch.tensor([0.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
     adv = group_advantages(rewards, G)
-    loss, stats = reg(logps, old, adv, mask)
+    loss, stats = reg_sum(logps, old, adv, mask)
     loss.backward()
     rho = ((logps - old) * mask).sum(1).tolist()
     want_loss, want_grad = _ref_scaled(rho, adv.tolist(), 1e-4)
@@ -459,11 +466,11 @@ def test_scaled_form_at_rho_zero_is_grpo_gradient_with_token_mean_and_paper_form
 
     adv = group_advantages(torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0, 1.0, 0.0, 1.0]), G)
     g_grpo = grad_of(lambda lp, old: grpo(lp, old, adv, mask)[0])
-    g_scaled_mean = grad_of(lambda lp, old: reg(lp, old, adv, mask, token_mean=True)[0])
+    g_scaled_mean = grad_of(lambda lp, old: reg(lp, old, adv, mask)[0])          # the default: token mean
     torch.testing.assert_close(g_scaled_mean, g_grpo, rtol=1e-5, atol=1e-7)
     # sum: -(1/N) sum_j A_j grad sum_t logp_jt;  paper: 2 / eps times that
     g_pg = grad_of(lambda lp, old: -(adv * (lp * mask).sum(1)).sum() / n)
-    torch.testing.assert_close(grad_of(lambda lp, old: reg(lp, old, adv, mask)[0]), g_pg, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad_of(lambda lp, old: reg_sum(lp, old, adv, mask)[0]), g_pg, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(grad_of(lambda lp, old: paper(lp, old, adv, mask)[0]), 2 / 1e-4 * g_pg,
                                rtol=1e-4, atol=1e-3)
 
@@ -518,7 +525,7 @@ def test_scaled_gradcheck_float64_where_the_weight_is_constant():
 def test_scaled_loss_and_kl_against_float64_reference_with_padding_and_bf16():
     logps, old, ref, mask, rewards = _batch()
     adv = group_advantages(rewards, G)
-    loss, stats = reg(logps, old, adv, mask, ref_logps=ref, beta=0.1)
+    loss, stats = reg_sum(logps, old, adv, mask, ref_logps=ref, beta=0.1)
     rho = ((logps - old) * mask).sum(1).tolist()
     want, _ = _ref_scaled(rho, adv.tolist(), 1e-4)
     kl = _ref_k3(logps.numpy(), ref.numpy(), mask.numpy())
@@ -529,7 +536,7 @@ def test_scaled_loss_and_kl_against_float64_reference_with_padding_and_bf16():
     assert stats["mse"] == pytest.approx(mse) and mse == pytest.approx(
         sum((float(adv[i]) - _z(rho, i)) ** 2 for i in informative) / len(informative), rel=1e-10)
     lp16 = logps.float().bfloat16().requires_grad_(True)
-    l16, _ = reg(lp16, old.bfloat16(), adv.float(), mask, ref_logps=ref.bfloat16(), beta=0.1)
+    l16, _ = reg_sum(lp16, old.bfloat16(), adv.float(), mask, ref_logps=ref.bfloat16(), beta=0.1)
     assert l16.dtype == torch.float32
     l16.backward()
     assert lp16.grad.dtype == torch.bfloat16 and torch.isfinite(lp16.grad.float()).all()
@@ -588,3 +595,39 @@ def test_rebel_needs_pairs_and_raw_reward_shape():
         rebel_loss(logps, old, rewards, mask, torch.arange(12), group_size=1)
     with pytest.raises(ValueError, match=r"rewards must be \(N,\) = \(12,\)"):
         rebel_loss(logps, old, rewards[:4], mask, ids(12), group_size=G)
+
+
+def test_loss_defaults_are_the_ones_train_py_trains_with():
+    """A copy-pasted call without options trains as train.py does: same rho, form, floor, beta, clip."""
+    import inspect
+    import train
+    reg_defaults = inspect.signature(reg_grpo_loss).parameters
+    assert reg_defaults["token_mean"].default is train.rho_token_mean is True
+    assert reg_defaults["form"].default == train.reg_form == "scaled"
+    assert reg_defaults["eps"].default == train.std_floor
+    for fn in (reg_grpo_loss, grpo_loss, rebel_loss):
+        assert inspect.signature(fn).parameters["beta"].default == train.beta
+    assert inspect.signature(grpo_loss).parameters["clip_eps"].default == train.clip_eps
+    assert inspect.signature(rebel_loss).parameters["eta"].default == train.rebel_eta
+    # and the default call is the token-mean scaled loss with train.py's beta, not the sum
+    logps, old, ref, mask, rewards = _batch()
+    adv = group_advantages(rewards, G)
+    plain = reg_grpo_loss(logps, old, adv, mask, ids(12), group_size=G, ref_logps=ref)[0].item()
+    spelled = reg(logps, old, adv, mask, ref_logps=ref, beta=0.04, eps=1e-4, token_mean=True, form="scaled")[0]
+    assert plain == spelled.item() != reg_sum(logps, old, adv, mask, ref_logps=ref, beta=0.04)[0].item()
+
+
+def test_eps_factor_on_the_prediction_only_scales_the_gradient():
+    """eps * Ahat in place of Ahat (one summary's form): gradient eps times, same minimiser (float64)."""
+    g = torch.Generator().manual_seed(5)
+    rho = (0.5 * torch.randn(G, generator=g, dtype=torch.float64)).requires_grad_(True)
+    adv = group_advantages(torch.tensor([0.0, 1.0, 2.0, 1.0], dtype=torch.float64), G, eps=0.0)
+
+    def loss(r, e):
+        z = (r - r.mean()) / (r - r.mean()).pow(2).mean().sqrt()
+        return (adv - e * z).pow(2).mean()
+    grads = [torch.autograd.grad(loss(rho, e), rho)[0] for e in (1.0, 0.3)]
+    torch.testing.assert_close(grads[1], 0.3 * grads[0], rtol=1e-12, atol=1e-15)
+    # the paper form (eps = 1) is this loss
+    assert paper(rho[:, None], torch.zeros(G, 1, dtype=torch.float64), adv, torch.ones(G, 1))[0].item() == \
+        pytest.approx(loss(rho, 1.0).item(), rel=1e-12)

@@ -117,8 +117,13 @@ def test_ablate_checks_every_arm_with_train_rules(tmp_path):
     with pytest.raises(SystemExit, match="group_size=1: need >= 2"):
         ablate.check_train_settings(c)
     c = check(ablate, f"--out_dir={tmp_path}/o", "--lr_grid={'reg_grpo': (1e-3,)}")
-    with pytest.raises(SystemExit, match="no learning rates for loss 'grpo'"):
+    with pytest.raises(SystemExit, match=r"no learning rates for 'grpo' \(arm grpo\)"):
         ablate.check_train_settings(c)
+    c = check(ablate, f"--out_dir={tmp_path}/o", "--arms=('reg_grpo_paper',)", "--lr_grid={'reg_grpo': (1e-3,)}")
+    with pytest.raises(SystemExit, match=r"no learning rates for 'reg_grpo_paper' \(arm reg_grpo_paper\)"):
+        ablate.check_train_settings(c)          # the printed form has a rate of its own
+    with pytest.raises(SystemExit, match="with init_from='m' every run starts from that one model"):
+        check(ablate, f"--out_dir={tmp_path}/o", "--init_from=m", "--sft_seeds=(0, 1)")
 
 
 def test_scripts_exit_before_loading_anything(tmp_path):

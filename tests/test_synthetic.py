@@ -10,7 +10,8 @@ from collections import Counter, deque
 import numpy as np
 import pytest
 
-from data.synthetic.prepare import BACKGROUND, FAMILIES, TEACHER_SLIPS, generate, make_question, teacher_demonstration
+from data.synthetic.prepare import (BACKGROUND, FAMILIES, TEACHER_SLIPS, generate, make_question, teacher_demonstration,
+                                   trace)
 from machinery.dataset import load_records, read_video, write_video
 
 CODES = {(1, 0, 0): "red", (0, 1, 0): "green", (0, 0, 1): "blue", (1, 1, 0): "yellow",
@@ -202,25 +203,72 @@ def test_cli_writes_files(tmp_path):
     lines = (tmp_path / "train.jsonl").read_text().splitlines()
     assert len(lines) == 4 and len((tmp_path / "val.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / json.loads(lines[0])["video"]).stat().st_size > 0
-    assert (tmp_path / "sft.jsonl").read_text().splitlines()[0] == lines[0]  # record 0 is a motion question
+    for line, taught in zip(lines, (tmp_path / "sft.jsonl").read_text().splitlines()):  # the default teacher
+        if json.loads(line)["meta"]["difficulty"] >= 0.667:
+            assert json.loads(taught)["answer"] == "A" and "teacher_answer" in taught
+    bad = subprocess.run([sys.executable, "data/synthetic/prepare.py", "--out", str(tmp_path),
+                          "--teacher_guesses_from", "-1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--teacher_guesses_from must be >= 0 (> 1: never), got -1.0" in bad.stderr
     bad = subprocess.run([sys.executable, "data/synthetic/prepare.py", "--out", str(tmp_path), "--teacher_slip", "1.5"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--teacher_slip must be in [0, 1], got 1.5" in bad.stderr
 
 
+def test_teacher_guesses_a_on_the_hardest_clips_only(tmp_path):
+    """Below the threshold a demonstration is the ground truth; from it on, the teacher answers A with the
+    trace that reasons to A's option (right only where A is the truth). A threshold above 1 is a perfect
+    teacher; train.jsonl never changes."""
+    generate(tmp_path / "perfect", seed=2, n_train=64, n_val=2, teacher_guesses_from=1.5, teacher_slip=0.0)
+    data = generate(tmp_path / "t", seed=2, n_train=64, n_val=2, teacher_guesses_from=0.5, teacher_slip=0.0)
+    assert (tmp_path / "perfect" / "sft.jsonl").read_text() == (tmp_path / "perfect" / "train.jsonl").read_text()
+    assert (tmp_path / "t" / "train.jsonl").read_text() == (tmp_path / "perfect" / "train.jsonl").read_text()
+    sft = load_records(tmp_path / "t" / "sft.jsonl")
+    n_wrong = 0
+    for truth, taught in zip(data["train"], sft):
+        m = truth["meta"]
+        if m["difficulty"] < 0.5:
+            assert taught["answer"] == truth["answer"] and taught["reasoning"] == truth["reasoning"]
+            assert "teacher_answer" not in taught["meta"]
+            continue
+        said = taught["options"][0]
+        assert taught["answer"] == "A" and taught["meta"]["teacher_answer"] == said
+        first, second, last = steps(taught["reasoning"])
+        assert STEP_OPTIONS[first] & STEP_OPTIONS[second] == {said} and said in last   # a trace that reasons to A
+        assert (taught["reasoning"] == truth["reasoning"]) == (truth["answer"] == "A")
+        n_wrong += truth["answer"] != "A"
+    assert n_wrong >= 15  # 64 questions, difficulty uniform on [0, 1], answers uniform over A-D
+
+
+def steps(reasoning):
+    return re.split(r"(?<=\.) ", reasoning)
+
+
+def test_trace_is_the_records_reasoning_and_reasons_to_any_option():
+    """trace(family, answer) is what make_question writes, and for every option it narrows to that option."""
+    for i in range(8):
+        r, _ = make_question(3, "train", i)
+        assert trace(r["meta"]["family"], r["meta"]["answer_text"]) == r["reasoning"]
+        for option in r["options"]:
+            first, second, last = steps(trace(r["meta"]["family"], option))
+            assert STEP_OPTIONS[first] & STEP_OPTIONS[second] == {option} and option in last
+    record = {"answer": "D", "options": ["red", "green", "blue", "yellow"], "reasoning": trace("colour", "yellow"),
+              "meta": {"family": "colour", "answer_text": "yellow", "difficulty": 0.7}}
+    assert teacher_demonstration(record, 0.7, 0.0, 0, 0)["reasoning"] == trace("colour", "red")
+    assert teacher_demonstration(record, 0.71, 0.0, 0, 0) is record
+
+
 def test_teacher_slips_only_where_told(tmp_path):
-    """teacher_slip=1: every colour/first question answered yellow or blue gets the slipped letter
-    after the right reasoning; every other record, and train.jsonl, is the ground truth."""
-    generate(tmp_path / "t0", seed=2, n_train=64, n_val=2, teacher_slip=0.0)
-    data = generate(tmp_path / "t1", seed=2, n_train=64, n_val=2, teacher_slip=1.0)
+    """teacher_slip=1 (no guessing): every colour/first question answered yellow or blue gets the slipped
+    letter after the right reasoning; every other record, and train.jsonl, is the ground truth."""
+    generate(tmp_path / "t0", seed=2, n_train=64, n_val=2, teacher_guesses_from=1.5, teacher_slip=0.0)
+    data = generate(tmp_path / "t1", seed=2, n_train=64, n_val=2, teacher_guesses_from=1.5, teacher_slip=1.0)
     assert (tmp_path / "t0" / "sft.jsonl").read_text() == (tmp_path / "t0" / "train.jsonl").read_text()
     assert (tmp_path / "t1" / "train.jsonl").read_text() == (tmp_path / "t0" / "train.jsonl").read_text()
     sft = load_records(tmp_path / "t1" / "sft.jsonl")
     n_slipped = 0
     for truth, taught in zip(data["train"], sft):
         m = truth["meta"]
-        should = m["family"] in ("colour", "first") and m["answer_text"] in TEACHER_SLIPS
-        if not should:
+        if not (m["family"] in ("colour", "first") and m["answer_text"] in TEACHER_SLIPS):
             assert taught["answer"] == truth["answer"] and taught["reasoning"] == truth["reasoning"]
             continue
         n_slipped += 1
@@ -231,10 +279,13 @@ def test_teacher_slips_only_where_told(tmp_path):
     assert n_slipped >= 8  # 32 colour/first questions, about half answered yellow or blue
 
 
-def test_teacher_slip_rate():
-    """The slip happens with the probability asked for, independently per question."""
-    record = {"reasoning": "It turns warm. It is the brighter of the two. So it turns yellow.", "answer": "D",
-              "options": ["red", "green", "blue", "yellow"], "meta": {"family": "colour", "answer_text": "yellow"}}
-    slipped = [teacher_demonstration(record, 0.6, seed=0, i=i)["answer"] == "B" for i in range(4000)]
+def test_teacher_slip_rate_and_the_guess_takes_precedence():
+    """The slip happens with the probability asked for, independently per question, on clips below the
+    guessing threshold; from the threshold on the teacher guesses A whatever the slip."""
+    record = {"reasoning": trace("colour", "yellow"), "answer": "D", "options": ["red", "green", "blue", "yellow"],
+              "meta": {"family": "colour", "answer_text": "yellow", "difficulty": 0.5}}
+    slipped = [teacher_demonstration(record, 0.667, 0.6, seed=0, i=i)["answer"] == "B" for i in range(4000)]
     assert abs(np.mean(slipped) - 0.6) < 0.03                  # 3.9 standard errors
     assert abs(np.mean(slipped[::2]) - np.mean(slipped[1::2])) < 0.05
+    hard = {**record, "meta": {**record["meta"], "difficulty": 0.8}}
+    assert all(teacher_demonstration(hard, 0.667, 0.6, 0, i)["answer"] == "A" for i in range(50))

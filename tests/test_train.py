@@ -271,3 +271,27 @@ def test_a_failed_step_of_the_embedded_default_stops_with_one_line():
         train.run_or_exit(["-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
     assert "failed (signal 9)" in str(e.value)
     train.run_or_exit(["-c", "pass"])                       # success returns quietly
+
+
+def test_sft_demonstration_hints_are_the_records_own_pieces(monkeypatch):
+    """A hinted demonstration shows the first k of its own trace's pieces (k uniform, the answer the last
+    piece); hint_fraction of them are hinted; with hint_fraction 0 nothing is drawn (the batches of a run
+    without hints are those of one before hints existed)."""
+    import random
+    import sft
+    record = {"answer": "D", "options": ["red", "green", "blue", "yellow"], "problem_type": "multiple_choice",
+              "reasoning": "It turns warm. It is the brighter of the two. So it turns yellow."}
+    pieces = ["It turns warm.", "It is the brighter of the two.", "The answer is D."]
+    monkeypatch.setattr(sft, "hint_fraction", 1.0)
+    rng = random.Random(0)
+    hints = [sft.demo_hint(record, rng) for _ in range(3000)]
+    want = {" ".join(pieces[:k]): 0 for k in (1, 2, 3)}
+    for h in hints:
+        want[h] += 1                             # a KeyError here: a hint that is not a prefix of the pieces
+    assert all(abs(n / 3000 - 1 / 3) < 0.04 for n in want.values()), want
+    monkeypatch.setattr(sft, "hint_fraction", 0.25)
+    share = sum(sft.demo_hint(record, rng) != "" for _ in range(4000)) / 4000
+    assert abs(share - 0.25) < 0.03             # 4.4 standard errors
+    monkeypatch.setattr(sft, "hint_fraction", 0.0)
+    state = rng.getstate()
+    assert sft.demo_hint(record, rng) == "" and rng.getstate() == state

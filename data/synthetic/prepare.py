@@ -1,7 +1,7 @@
 """Synthetic video-reasoning benchmark: coloured shapes on a dark background, 8 frames of 112x112.
 
     python data/synthetic/prepare.py [--out data/synthetic] [--seed 0] [--n_train 2000] [--n_val 1000]
-                                     [--teacher_slip 0.6] [--workers N]
+                                     [--teacher_guesses_from 0.667] [--teacher_slip 0.6] [--workers N]
 
 writes <out>/train.jsonl, <out>/val.jsonl, <out>/sft.jsonl and <out>/videos/{train,val}_NNNNNN.mp4.
 
@@ -34,13 +34,17 @@ difficulty.py give a trace's first steps, so a one-step hint guides without givi
 Ground truth is in meta (family, difficulty, answer_text and the family's parameters).
 
 train.jsonl and val.jsonl hold ground truth: answers for the RL rewards and the evaluation. sft.jsonl
-holds the SFT warm start's demonstrations for the same train questions, written by a simulated
-*inconsistent teacher*: its reasoning is always right, but on colour and first questions whose
-answer is yellow or blue, with probability `teacher_slip` (0.6: 14% of the demonstrations), its
-final answer is the letter of green or red instead, contradicting its own reasoning (a known failure
-of distilled chain-of-thought). SFT copies the slip: after reasoning "yellow" its greedy letter is
-green's. The accuracy reward sees that the letter is wrong, so RL can fix what SFT learned from the
-teacher, without having to learn new perception. With `--teacher_slip 0` sft.jsonl equals train.jsonl.
+holds the SFT warm start's demonstrations for the same train questions, written by a simulated teacher
+with two flaws of a distilled model. It cannot read the hardest third of the clips (difficulty >=
+`teacher_guesses_from`, 0.667: small objects, pixel noise, distractors) and there guesses option A with
+the trace that reasons to A, the position bias of a model that does not know: wrong on three in four
+of them. On the clips it reads, when a colour or first question's answer is yellow or blue, it reasons
+right and then, with probability `teacher_slip` (0.6), writes green's or red's letter, contradicting its
+own reasoning. SFT copies both. RL's reward knows the truth: the slips show inside groups whose answers
+differ, which any RL arm learns from; the guesses make groups flat from both sides (all right where the
+answer is A, all wrong elsewhere), the zero-advantage groups the paper's augmentation targets, on clips
+the tiny model reads poorly itself. `--teacher_guesses_from 2 --teacher_slip 0` makes a perfect teacher
+(sft.jsonl equals train.jsonl).
 """
 
 import argparse
@@ -65,8 +69,11 @@ SHAPES = ("square", "circle", "triangle")
 TARGETS = ("red", "green", "blue", "yellow")  # the options of the colour and first families
 SOURCES = ("cyan", "magenta", "white")         # starting colours of the colour family
 DIRECTIONS = ("left", "right", "up", "down")
+COUNTS = ("1", "2", "3", "4")
 FAMILIES = ("motion", "colour", "count", "first")
 WARM, BRIGHT = ("red", "yellow"), ("yellow", "green")  # the two halvings the colour reasoning uses
+TEACHER_GUESSES_FROM = 0.667  # difficulty from which the SFT teacher guesses A (the hardest third)
+TEACHER_SLIP = 0.6            # below it: how often it writes green's / red's letter after reasoning yellow / blue
 CELL = 37  # 3x3 grid for static layouts with more than 4 objects (size <= 28 - 18 * 0.75)
 
 
@@ -139,6 +146,27 @@ def colour_steps(c):
             f"It is the {'brighter' if c in BRIGHT else 'darker'} of the two.")
 
 
+def trace(family, answer):
+    """The three-step reasoning that ends in `answer` (an option text): step 1 halves the options,
+    step 2 picks one of the remaining two, step 3 names it. A function of the answer alone."""
+    if family == "motion":
+        axis = answer in ("left", "right")
+        grows = "grows" if answer in ("right", "down") else "shrinks"
+        return (f"It moves {'sideways' if axis else 'vertically'}. Its {'x' if axis else 'y'} {grows}. "
+                f"So it moves {answer}.")
+    if family == "colour":
+        return f"It turns {colour_steps(answer)} So it turns {answer}."
+    if family == "count":
+        n = int(answer)
+        return (f"There are {'fewer than three' if n <= 2 else 'more than two'}. "
+                f"Their number is {'odd' if n % 2 else 'even'}. So there {'is' if n == 1 else 'are'} {n}.")
+    if family == "first":
+        return f"The first colour is {colour_steps(answer)} So {answer} appears first."
+    raise ValueError(f"unknown family {family!r}, expected one of {FAMILIES}")
+
+
+
+
 def motion(rng, k):
     s, travel = k["size"], min(k["travel"], H - k["size"])
     colour, shape = other_colours(rng, (), 1)[0], SHAPES[rng.integers(3)]
@@ -148,11 +176,8 @@ def motion(rng, k):
         _move(video, rng, SHAPES[rng.integers(3)], s, DIRECTIONS[rng.integers(4)], dist, dc)
     direction = DIRECTIONS[rng.integers(4)]
     start, end = _move(video, rng, shape, s, direction, travel, colour)
-    axis = 1 if direction in ("left", "right") else 0
     options, letter = mc(direction, DIRECTIONS)
-    grows = "grows" if direction in ("right", "down") else "shrinks"
-    reasoning = (f"It moves {'sideways' if axis else 'vertically'}. Its {'x' if axis else 'y'} {grows}. "
-                 f"So it moves {direction}.")
+    reasoning = trace("motion", direction)
     meta = {"colour": colour, "shape": shape, "direction": direction,
             "start": list(start), "end": list(end)}
     return video, f"Which way does the {colour} {shape} move?", options, letter, reasoning, meta
@@ -187,7 +212,7 @@ def colour_change(rng, k, d):
         for t in range(T):
             draw(video[t], sh, s, y, x, a if t < t_b else b)
     options, letter = mc(c1, TARGETS)
-    reasoning = f"It turns {colour_steps(c1)} So it turns {c1}."
+    reasoning = trace("colour", c1)
     meta = {"colour": c0, "shape": shape, "new_colour": c1, "change_frame": change,
             "position": list(pos[0])}
     return video, f"What colour does the {c0} {shape} turn into?", options, letter, reasoning, meta
@@ -206,9 +231,8 @@ def count(rng, k):
         sh = SHAPES[rng.integers(3)]
         for t in range(T):
             draw(video[t], sh, s, y, x, c)
-    options, letter = mc(str(n), ("1", "2", "3", "4"))
-    reasoning = (f"There are {'fewer than three' if n <= 2 else 'more than two'}. "
-                 f"Their number is {'odd' if n % 2 else 'even'}. So there {'is' if n == 1 else 'are'} {n}.")
+    options, letter = mc(str(n), COUNTS)
+    reasoning = trace("count", str(n))
     meta = {"colour": colour, "count": n, "distractor_colours": d_colours}
     return video, f"How many {colour} shapes are there?", options, letter, reasoning, meta
 
@@ -226,25 +250,32 @@ def first(rng, k, d):
         for t in range(t0 + i * gap, T):
             draw(video[t], shapes[i], s, *pos[i], colours[i])
     options, letter = mc(colours[0], TARGETS)
-    reasoning = f"The first colour is {colour_steps(colours[0])} So {colours[0]} appears first."
+    reasoning = trace("first", colours[0])
     meta = {"order": colours, "shapes": shapes, "times": [t0 + i * gap for i in range(n)]}
     return video, "Which colour appears first?", options, letter, reasoning, meta
 
 
-TEACHER_SLIPS = {"yellow": "green", "blue": "red"}  # the option the inconsistent teacher answers instead
+TEACHER_SLIPS = {"yellow": "green", "blue": "red"}  # the letter the teacher slips to, on clips it reads
 
 
-def teacher_demonstration(record, slip, seed, i):
-    """The record as the inconsistent teacher answers it: with probability `slip`, on a colour or
-    first question whose answer is a colour in TEACHER_SLIPS, the same (right) reasoning followed by
-    the letter of the slipped colour; otherwise the record unchanged."""
-    truth = record["meta"]["answer_text"]
+def teacher_demonstration(record, guesses_from, slip, seed, i):
+    """The record as the teacher demonstrates it. From difficulty `guesses_from` on (the hardest clips:
+    small objects, pixel noise, distractors) it cannot read the clip and guesses option A, with the trace
+    that reasons to A (a right answer only where A is the truth). Below it, it reads the clip, but on a
+    colour or first question whose answer is in TEACHER_SLIPS, with probability `slip`, it follows its
+    (right) reasoning with the letter of the slipped colour. Otherwise the record unchanged.
+    guesses_from > 1 and slip 0: a perfect teacher."""
+    m = record["meta"]
+    if m["difficulty"] >= guesses_from:
+        said = record["options"][0]
+        return {**record, "answer": option_letters(4)[0], "reasoning": trace(m["family"], said),
+                "meta": {**m, "teacher_answer": said}}
     rng = np.random.default_rng([seed, 2, i])
-    if record["meta"]["family"] not in ("colour", "first") or truth not in TEACHER_SLIPS or rng.random() >= slip:
+    if m["family"] not in ("colour", "first") or m["answer_text"] not in TEACHER_SLIPS or rng.random() >= slip:
         return record
-    said = TEACHER_SLIPS[truth]
+    said = TEACHER_SLIPS[m["answer_text"]]
     return {**record, "answer": option_letters(4)[record["options"].index(said)],
-            "meta": {**record["meta"], "teacher_answer": said}}
+            "meta": {**m, "teacher_answer": said}}
 
 
 # -----------------------------------------------------------------------------
@@ -282,7 +313,8 @@ def write_question(out_dir, seed, split, i):
     return record
 
 
-def generate(out_dir, seed=0, n_train=2000, n_val=1000, teacher_slip=0.6, workers=1):
+def generate(out_dir, seed=0, n_train=2000, n_val=1000, teacher_guesses_from=TEACHER_GUESSES_FROM,
+             teacher_slip=TEACHER_SLIP, workers=1):
     """Write <out_dir>/{train,val,sft}.jsonl and <out_dir>/videos/*.mp4; return {split: records}.
     `workers` processes render and encode the clips; every question depends only on (seed, split, i)
     and write_video's bytes are deterministic, so the files are the same for any number of workers."""
@@ -293,7 +325,8 @@ def generate(out_dir, seed=0, n_train=2000, n_val=1000, teacher_slip=0.6, worker
             records = list(pool.map(render, range(n), chunksize=32) if pool else map(render, range(n)))
             write_records(os.path.join(out_dir, f"{split}.jsonl"), records)
             out[split] = records
-    out["sft"] = [teacher_demonstration(r, teacher_slip, seed, i) for i, r in enumerate(out["train"])]
+    out["sft"] = [teacher_demonstration(r, teacher_guesses_from, teacher_slip, seed, i)
+                  for i, r in enumerate(out["train"])]
     write_records(os.path.join(out_dir, "sft.jsonl"), out["sft"])
     return out
 
@@ -304,21 +337,30 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_train", type=int, default=2000)
     p.add_argument("--n_val", type=int, default=1000)
-    p.add_argument("--teacher_slip", type=float, default=0.6,
-                   help="probability that the SFT teacher answers green for yellow and red for blue")
+    p.add_argument("--teacher_guesses_from", type=float, default=TEACHER_GUESSES_FROM,
+                   help="difficulty from which the SFT teacher guesses option A (> 1: never)")
+    p.add_argument("--teacher_slip", type=float, default=TEACHER_SLIP,
+                   help="below that, the probability that the teacher writes green's letter after reasoning yellow "
+                        "and red's after blue (0: never)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes that render and encode the clips (default: one per CPU); same files for any")
     args = p.parse_args()
+    if not args.teacher_guesses_from >= 0:
+        p.error(f"--teacher_guesses_from must be >= 0 (> 1: never), got {args.teacher_guesses_from}")
     if not 0 <= args.teacher_slip <= 1:
         p.error(f"--teacher_slip must be in [0, 1], got {args.teacher_slip}")
     if args.workers < 1:
         p.error(f"--workers must be >= 1, got {args.workers}")
     t = time.time()
-    data = generate(args.out, args.seed, args.n_train, args.n_val, args.teacher_slip, args.workers)
+    data = generate(args.out, args.seed, args.n_train, args.n_val, args.teacher_guesses_from, args.teacher_slip,
+                    args.workers)
     for split, records in data.items():
         fams = {f: sum(r["meta"]["family"] == f for r in records) for f in FAMILIES}
         print(f"{split}: {len(records)} questions {fams} -> {os.path.join(args.out, split + '.jsonl')}")
-    slipped = sum("teacher_answer" in r["meta"] for r in data["sft"])
-    print(f"sft.jsonl: the teacher's letter contradicts its reasoning in {slipped} of {len(data['sft'])} "
-          f"demonstrations (teacher_slip {args.teacher_slip})")
+    guessed = sum(r["meta"]["difficulty"] >= args.teacher_guesses_from for r in data["sft"])
+    slipped = sum("teacher_answer" in r["meta"] and r["meta"]["difficulty"] < args.teacher_guesses_from
+                  for r in data["sft"])
+    wrong = sum(r["answer"] != t["answer"] for r, t in zip(data["sft"], data["train"]))
+    print(f"sft.jsonl: the teacher guesses A on {guessed} of {len(data['sft'])} clips (difficulty >= "
+          f"{args.teacher_guesses_from}) and slips its letter on {slipped}; {wrong} of its answers are wrong")
     print(f"done in {time.time() - t:.1f}s")
