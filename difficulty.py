@@ -49,6 +49,8 @@ from collections import deque
 import numpy as np
 import torch
 
+from reg_grpo import flat_group_mask, group_advantages
+
 DEFAULT_MARGIN = 0.25
 DEFAULT_SIGMA0 = 0.1
 
@@ -65,9 +67,10 @@ def _as_rewards(rewards, group_size, where):
 
 
 def flat_groups(rewards, group_size):
-    """(B,) bool: which groups have G equal rewards (zero variance, so every advantage is 0)."""
+    """(B,) bool: which groups have G equal rewards (zero variance, so every advantage is 0): the loss's own
+    definition (reg_grpo.flat_group_mask) applied to the group advantages of the rewards."""
     r = _as_rewards(rewards, group_size, "flat_groups")
-    return r.amax(dim=1) == r.amin(dim=1)
+    return flat_group_mask(group_advantages(r.reshape(-1), group_size), group_size)
 
 
 def zero_advantage_ratio(rewards, group_size):

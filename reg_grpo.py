@@ -1,5 +1,12 @@
 """
-Reg-GRPO, GRPO and REBEL losses (DeepVideo-R1, arXiv 2506.07464). Torch only: copy this file anywhere.
+Reg-GRPO (DeepVideo-R1, arXiv 2506.07464): the group advantages and the loss. Torch only: copy this file
+anywhere; its defaults are the ones train.py trains with:
+
+    advantages = group_advantages(rewards, group_size=8)                     # (N,), G answers contiguous
+    loss, stats = reg_grpo_loss(logps, old_logps, advantages, mask, group_size=8, ref_logps=ref_logps)
+
+The baselines it is compared with (GRPO's clipped ratio, REBEL, dynamic sampling, group replay) are in
+baselines.py, which imports this file's helpers.
 
 Derivation of Reg-GRPO. KL-regularised RL against the sampling policy pi_old,
 
@@ -54,9 +61,9 @@ Flat groups (all rewards equal, A = 0) carry no signal; in the paper's form thei
 1 above the floor and, below it, a 1/eps^2-scaled pull of their rhos together. They are left out of
 the regression sum (still counted in N, like GRPO's zero-advantage answers).
 
-Groups. Every loss takes group_ids (N,): rows with the same id are the G answers of one prompt. They
-must be contiguous and every group must hold exactly group_size rows; anything else raises. Trainers
-that shuffle rows (TRL) must sort by group id first, and a micro-batch must hold whole groups.
+Groups. Rows come in contiguous groups of group_size answers of one prompt. Pass group_ids (N,), the
+prompt id of each row, to have that checked: shuffled rows (TRL shuffles a generation batch) or a
+micro-batch holding part of a group then raise instead of mixing groups silently.
 
 Choices (the paper leaves them open). The defaults of reg_grpo_loss are train.py's:
 - rho is the token MEAN of the log-ratios (token_mean=True): with the scaled form the rho = 0
@@ -75,7 +82,7 @@ KL_LOG_RATIO_CLAMP = 20.0  # |ref - logp| cap inside the k3 KL so exp() cannot o
 FLAT_ADV_TOL = 1e-3        # |A| at or below this in every answer: a flat group (no reward variance)
 
 
-def _upcast(x):
+def upcast(x):
     # bf16/fp16 -> float32; float32/float64 unchanged
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
@@ -110,7 +117,7 @@ def check_groups(group_ids, n, group_size, where="check_groups"):
                          f"each group must be {group_size} contiguous rows")
 
 
-def _check_inputs(where, logps, old_logps, per_answer, mask, ref_logps, group_ids, group_size):
+def check_inputs(where, logps, old_logps, per_answer, mask, ref_logps, group_ids, group_size):
     if logps.dim() != 2:
         raise ValueError(f"{where}: logps must be (N, T), got shape {tuple(logps.shape)}")
     named = [("old_logps", old_logps), ("mask", mask)] + ([("ref_logps", ref_logps)] if ref_logps is not None else [])
@@ -120,42 +127,45 @@ def _check_inputs(where, logps, old_logps, per_answer, mask, ref_logps, group_id
     name, t = per_answer
     if tuple(t.shape) != (logps.shape[0],):
         raise ValueError(f"{where}: {name} must be (N,) = ({logps.shape[0]},), got {tuple(t.shape)}")
-    check_groups(group_ids, logps.shape[0], group_size, where)
+    if group_ids is None:
+        _check_group_size(logps.shape[0], group_size, where)
+    else:
+        check_groups(group_ids, logps.shape[0], group_size, where)
 
 
-def _center(x):
+def center(x):
     # (B, G) -> x - mean over the group. Subtracting the first member first is a no-op in exact
     # arithmetic but makes groups of equal values come out exactly 0 in floating point.
     x = x - x[:, :1]
     return x - x.mean(dim=1, keepdim=True)
 
 
-def _masked_answer_mean(x, keep):
+def masked_answer_mean(x, keep):
     # (N, T) with padding already zeroed -> token mean per answer (N,) -> mean over answers
     return (x.sum(dim=1) / keep.sum(dim=1).clamp(min=1)).mean()
 
 
 def _k3_kl(logps, ref_logps, keep):
     """k3 estimator of KL(pi_theta || pi_ref) per token: exp(ref - logp) - (ref - logp) - 1 >= 0."""
-    d = torch.where(keep, _upcast(ref_logps).detach() - logps, 0.0)  # (N, T), padding -> 0
+    d = torch.where(keep, upcast(ref_logps).detach() - logps, 0.0)  # (N, T), padding -> 0
     d = d.clamp(-KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
-    return _masked_answer_mean(torch.exp(d) - d - 1.0, keep)
+    return masked_answer_mean(torch.exp(d) - d - 1.0, keep)
 
 
-def _with_kl(value, logps, ref_logps, beta, keep):
+def with_kl(value, logps, ref_logps, beta, keep):
     kl = _k3_kl(logps, ref_logps, keep) if ref_logps is not None else torch.zeros((), device=logps.device)
     return (value + beta * kl if (ref_logps is not None and beta > 0) else value), kl
 
 
-def _rho(logps, old_logps, keep, token_mean):
+def sequence_log_ratio(logps, old_logps, keep, token_mean):
     # (N, T) -> (N,) sequence log-ratio: sum (or mean) of the completion tokens' log-ratios
-    rho = torch.where(keep, logps - _upcast(old_logps).detach(), 0.0).sum(dim=1)
+    rho = torch.where(keep, logps - upcast(old_logps).detach(), 0.0).sum(dim=1)
     return rho / keep.sum(dim=1).clamp(min=1) if token_mean else rho
 
 
 def flat_group_mask(advantages, group_size):
     """(N,) advantages -> (B,) bool: True for groups whose every |A| <= FLAT_ADV_TOL (zero reward variance)."""
-    return (_upcast(advantages).detach().view(-1, group_size).abs() <= FLAT_ADV_TOL).all(dim=1)
+    return (upcast(advantages).detach().view(-1, group_size).abs() <= FLAT_ADV_TOL).all(dim=1)
 
 
 def group_advantages(rewards, group_size, eps=1e-4):
@@ -168,13 +178,13 @@ def group_advantages(rewards, group_size, eps=1e-4):
     if rewards.dim() != 1:
         raise ValueError(f"group_advantages: rewards must be (N,), got shape {tuple(rewards.shape)}")
     _check_group_size(rewards.shape[0], group_size, "group_advantages")
-    r = _upcast(rewards).view(-1, group_size)  # (B, G)
-    c = _center(r)
+    r = upcast(rewards).view(-1, group_size)  # (B, G)
+    c = center(r)
     std = c.pow(2).mean(dim=1, keepdim=True).sqrt()
     return (c / (std + eps)).view(-1)  # (N,)
 
 
-def reg_grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, ref_logps=None, beta=0.04,
+def reg_grpo_loss(logps, old_logps, advantages, mask, group_ids=None, *, group_size, ref_logps=None, beta=0.04,
                   eps=1e-4, token_mean=True, form="scaled"):
     """
     Reg-GRPO: regression of Ahat_i = (rho_i - mean_g rho) / max(std_g rho, eps) on A_i, + beta * KL.
@@ -183,7 +193,8 @@ def reg_grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, 
     old_logps  (N, T) log pi_old, the policy that sampled them (detached here)
     advantages (N,)   targets A from group_advantages (detached here)
     mask       (N, T) 1 on completion tokens, 0 on padding (padding values are never read)
-    group_ids  (N,)   integer id of each row's prompt; rows of a group contiguous, group_size each
+    group_ids  (N,)   integer id of each row's prompt, checked (optional: rows are read as contiguous
+                      groups of group_size either way)
     group_size G
     ref_logps  (N, T) log pi_ref, optional; the k3 KL (token mean per answer, mean over answers)
                is added times beta when given and beta > 0, and always reported in stats.
@@ -207,16 +218,16 @@ def reg_grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, 
     """
     if form not in ("scaled", "paper"):
         raise ValueError(f"reg_grpo_loss: form must be 'scaled' or 'paper', got {form!r}")
-    _check_inputs("reg_grpo_loss", logps, old_logps, ("advantages", advantages), mask, ref_logps,
+    check_inputs("reg_grpo_loss", logps, old_logps, ("advantages", advantages), mask, ref_logps,
                   group_ids, group_size)
     keep = mask.bool()
-    logps = _upcast(logps)
-    rho = _rho(logps, old_logps, keep, token_mean).view(-1, group_size)  # (B, G)
-    c = _center(rho)
+    logps = upcast(logps)
+    rho = sequence_log_ratio(logps, old_logps, keep, token_mean).view(-1, group_size)  # (B, G)
+    c = center(rho)
     var = c.pow(2).mean(dim=1, keepdim=True)  # (B, 1)
     std = var.clamp(min=eps ** 2).sqrt()      # (B, 1) max(std, eps)
     pred_adv = c / std                        # (B, G) Ahat
-    adv = _upcast(advantages).detach().view(-1, group_size)  # (B, G) A
+    adv = upcast(advantages).detach().view(-1, group_size)  # (B, G) A
     flat = flat_group_mask(advantages, group_size)           # (B,)
     sq_err = (adv - pred_adv).pow(2)                         # (B, G)
     if form == "paper":
@@ -224,7 +235,7 @@ def reg_grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, 
     else:
         weight = torch.where(flat[:, None], 0.0, std.detach() / 2)  # (B, 1)
         reg_loss = (weight * sq_err).sum() / sq_err.numel()
-    loss, kl = _with_kl(reg_loss, logps, ref_logps, beta, keep)
+    loss, kl = with_kl(reg_loss, logps, ref_logps, beta, keep)
     with torch.no_grad():
         informative = ~flat
         stats = {
@@ -235,74 +246,5 @@ def reg_grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, 
             "zero_adv_ratio": flat.float().mean().item(),
             "pred_adv_std": var.sqrt().mean().item(),
             "floored_frac": (var < eps ** 2).float().mean().item(),
-        }
-    return loss, stats
-
-
-def grpo_loss(logps, old_logps, advantages, mask, group_ids, *, group_size, ref_logps=None, beta=0.04,
-              clip_eps=0.2):
-    """
-    GRPO clipped surrogate (DeepSeekMath), the baseline. Per token, ratio = exp(logps - old_logps):
-
-        l_t = -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps) * A)
-
-    token mean per answer, then mean over answers, plus beta * k3 KL to pi_ref (as in reg_grpo_loss).
-    Inputs as in reg_grpo_loss (the surrogate itself is per answer; group_ids are checked so that a
-    shuffled batch fails here as it would in the other losses, and give the flat-group count).
-    Stats: loss, pg_loss, kl, clip_frac (fraction of completion tokens whose gradient clipping cuts:
-    ratio > 1 + eps with A > 0, or ratio < 1 - eps with A < 0), zero_adv_ratio (fraction of groups
-    whose advantages are all 0).
-    """
-    _check_inputs("grpo_loss", logps, old_logps, ("advantages", advantages), mask, ref_logps,
-                  group_ids, group_size)
-    keep = mask.bool()
-    logps = _upcast(logps)
-    ratio = torch.exp(torch.where(keep, logps - _upcast(old_logps).detach(), 0.0))  # (N, T)
-    adv = _upcast(advantages).detach()[:, None]  # (N, 1)
-    surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
-    pg_loss = _masked_answer_mean(torch.where(keep, -surrogate, 0.0), keep)
-    loss, kl = _with_kl(pg_loss, logps, ref_logps, beta, keep)
-    with torch.no_grad():
-        cut = ((ratio > 1 + clip_eps) & (adv > 0)) | ((ratio < 1 - clip_eps) & (adv < 0))
-        stats = {
-            "loss": loss.item(),
-            "pg_loss": pg_loss.item(),
-            "kl": kl.item(),
-            "clip_frac": ((cut & keep).sum() / keep.sum().clamp(min=1)).item(),
-            "zero_adv_ratio": flat_group_mask(advantages, group_size).float().mean().item(),
-        }
-    return loss, stats
-
-
-def rebel_loss(logps, old_logps, rewards, mask, group_ids, *, group_size, eta=1.0, ref_logps=None, beta=0.04):
-    """
-    REBEL (arXiv 2404.16767), the paper's other baseline: regress differences of log-ratios on
-    differences of raw rewards over every pair i < j of a group,
-
-        L = mean_g mean_{i<j in g} ((rho_i - rho_j) / eta - (r_i - r_j))^2 + beta * KL,
-
-    rho_i = sum_t (logps - old_logps). No z-score, so no singularity at rho = 0, where
-    dL/drho_j = -(4 G / ((G - 1) * eta * N)) * (r_j - mean_g r): REINFORCE with the group-mean
-    baseline and unnormalised rewards. eta is REBEL's step size (1/eta the KL weight to pi_old in its
-    derivation); at the minimiser rho_i - rho_j = eta * (r_i - r_j). rewards (N,) raw (not advantages).
-    Needs G >= 2. Stats: loss, reg_loss, kl, zero_adv_ratio (fraction of groups with equal rewards).
-    """
-    _check_inputs("rebel_loss", logps, old_logps, ("rewards", rewards), mask, ref_logps, group_ids, group_size)
-    if group_size < 2:
-        raise ValueError(f"rebel_loss: needs pairs, group_size must be >= 2, got {group_size}")
-    keep = mask.bool()
-    logps = _upcast(logps)
-    rho = _rho(logps, old_logps, keep, False).view(-1, group_size)  # (B, G)
-    r = _upcast(rewards).detach().view(-1, group_size)              # (B, G)
-    diff = (rho[:, :, None] - rho[:, None, :]) / eta - (r[:, :, None] - r[:, None, :])  # (B, G, G)
-    pairs = torch.triu(torch.ones(group_size, group_size, dtype=torch.bool, device=rho.device), diagonal=1)
-    reg_loss = diff[:, pairs].pow(2).mean()
-    loss, kl = _with_kl(reg_loss, logps, ref_logps, beta, keep)
-    with torch.no_grad():
-        stats = {
-            "loss": loss.item(),
-            "reg_loss": reg_loss.item(),
-            "kl": kl.item(),
-            "zero_adv_ratio": (_center(r) == 0).all(dim=1).float().mean().item(),
         }
     return loss, stats

@@ -18,7 +18,8 @@ from difficulty import (HINT_SOURCES, answer_piece, flat_groups, group_mean_rewa
                         wants_trace, zero_advantage_ratio)
 from machinery.distributed import any_rank, gradient_sync
 from machinery.logprobs import length_sorted_logps
-from reg_grpo import grpo_loss, rebel_loss, reg_grpo_loss
+from baselines import grpo_loss, rebel_loss
+from reg_grpo import reg_grpo_loss
 from rollout import concat_rollouts, generate_rollout, micro_batches, to_device
 
 

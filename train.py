@@ -39,7 +39,7 @@ from machinery.speedups import compile_decoder_layers, compile_seconds
 from model import enable_gradient_checkpointing
 from model import freeze_vision as freeze_vision_tower, load_policy, load_reference, max_positions, source_problem
 from reg_grpo import group_advantages
-from remedies import dynamic_sampling, group_replay
+from baselines import dynamic_sampling, group_replay
 from rollout import drop_long_prompts, length_problem, reference_logps
 from machinery.runlog import open_log, refuse_previous_run, start_wandb, step_row, write_summary
 from step import autocast, draw_prompts, policy_update, prompts_of_step, sample_groups, sample_with_augmentation
@@ -408,14 +408,14 @@ def main():
         with autocast(s):
             rollout, r_cur, za_before, changes, n_gen = sample_with_augmentation(
                 s, generator_model, processor, prompts, r_ref, traces, gen, synced)
-            if vanishing_fix == "dynamic_sampling":          # ablation only (remedies.py)
+            if vanishing_fix == "dynamic_sampling":          # ablation only (baselines.py)
                 def sample_fresh():
                     fresh = draw_prompts(s, records, rng, prompts_per_step, skipped, too_long)
                     return sample_groups(s, generator_model, processor, fresh, [p["frames"] for p in fresh],
                                          synced=synced)
                 rollout, n_extra = dynamic_sampling(rollout, group_size, resample_rounds, sample_fresh, any_rank)
                 n_gen += n_extra
-        if vanishing_fix == "group_replay":                  # ablation only (remedies.py)
+        if vanishing_fix == "group_replay":                  # ablation only (baselines.py)
             rollout = group_replay(rollout, group_size, replay_store, replay_capacity, rng)
         t_gen = time.time() - t_gen
         t_ref = time.time()

@@ -47,7 +47,8 @@ ARMS = {  # name -> train.py settings
 
 
 def loss_fn(arm, logps, old, part_rollout, adv, mask, group_ids, G, ref=None, beta=0.0):
-    from reg_grpo import grpo_loss, rebel_loss, reg_grpo_loss
+    from baselines import grpo_loss, rebel_loss
+    from reg_grpo import reg_grpo_loss
     s = ARMS[arm]
     if s["loss"] == "grpo":
         return grpo_loss(logps, old, adv, mask, group_ids, group_size=G, ref_logps=ref, beta=beta)[0]

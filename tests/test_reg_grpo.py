@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from reg_grpo import check_groups, grpo_loss, group_advantages, reg_grpo_loss, rebel_loss
+from baselines import grpo_loss, rebel_loss
+from reg_grpo import check_groups, group_advantages, reg_grpo_loss
 
 G = 4
 
@@ -631,3 +632,29 @@ def test_eps_factor_on_the_prediction_only_scales_the_gradient():
     # the paper form (eps = 1) is this loss
     assert paper(rho[:, None], torch.zeros(G, 1, dtype=torch.float64), adv, torch.ones(G, 1))[0].item() == \
         pytest.approx(loss(rho, 1.0).item(), rel=1e-12)
+
+
+def test_group_ids_are_optional_and_checked_when_given():
+    """A paster can leave out group_ids (rows are read as contiguous groups either way); given, they are checked."""
+    gen = torch.Generator().manual_seed(3)
+    N, T, G = 8, 5, 4
+    logps = torch.randn(N, T, generator=gen, requires_grad=True)
+    old = logps.detach() + 0.1 * torch.randn(N, T, generator=gen)
+    adv = group_advantages(torch.tensor([0., 1, 2, 1, 1, 1, 1, 1]), G)
+    mask = torch.ones(N, T)
+    plain, _ = reg_grpo_loss(logps, old, adv, mask, group_size=G)
+    checked, _ = reg_grpo_loss(logps, old, adv, mask, torch.arange(N) // G, group_size=G)
+    assert plain.item() == checked.item()
+    with pytest.raises(ValueError, match="expected 4 rows of one group"):
+        reg_grpo_loss(logps, old, adv, mask, torch.tensor([0, 1] * 4), group_size=G)
+    with pytest.raises(ValueError, match="does not divide"):
+        reg_grpo_loss(logps, old, adv, mask, group_size=3)
+
+
+def test_reg_grpo_file_needs_only_torch():
+    import ast
+    import reg_grpo
+    tree = ast.parse(open(reg_grpo.__file__).read())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported == {"torch"}

@@ -1,9 +1,9 @@
-"""The ablation's other remedies for flat groups (remedies.py), on hand-built rollouts (no model)."""
+"""The ablation's other remedies for flat groups (baselines.py), on hand-built rollouts (no model)."""
 import random
 
 import torch
 
-from remedies import dynamic_sampling, group_replay, split_groups
+from baselines import dynamic_sampling, group_replay, split_groups
 from rollout import Rollout
 
 G = 2
