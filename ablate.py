@@ -123,16 +123,20 @@ def setting_warnings(c, given):
 
 
 def check_train_settings(c):
-    """Every run's train.py arguments through train.py's checks (fails before the first run)."""
-    import train
+    """Every arm's train.py arguments through train.py's own checks (`--check_only=True`, all arms at
+    once in separate processes): a bad one fails the study before its first run."""
     for arm in c["arms"]:
-        if arm == "sft":
-            continue
-        if lr_key(arm) not in c["lr_grid"]:
+        if arm != "sft" and lr_key(arm) not in c["lr_grid"]:
             raise SystemExit(f"bad settings:\n  lr_grid has no learning rates for {lr_key(arm)!r} (arm {arm})")
+
+    def check(arm):
         args = train_args(c, c["out_dir"], "", ARM_SETTINGS[arm], c["seeds"][0], c["val_data"], c["answers_budget"])
-        configure({k: v for k, v in vars(train).items()}, [a for a in args if not a.startswith("--init_from=")],
-                  train.CHOICES, train.setting_problems)
+        args = [a for a in args if not a.startswith("--init_from=")] + ["--check_only=True"]
+        return arm, subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for arm, proc in pool.map(check, [a for a in c["arms"] if a != "sft"]):
+            if proc.returncode != 0:
+                raise SystemExit(f"arm {arm}: train.py refuses its settings:\n{proc.stderr.strip()[-2000:]}")
 
 
 def sft_dir(sft_seed):

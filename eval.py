@@ -28,7 +28,7 @@ out_file = ""                 # default: <model folder>/eval_<split>.json
 max_samples = 0               # 0: all
 samples_per_question = 1      # 1: greedy; n > 1: n answers at `temperature`, accuracy averaged
 temperature = 1.0
-sampler = "auto"              # fast (sampler.py) | hf (transformers' generate) | auto (fast)
+sampler = "auto"              # fast (machinery/sampler.py) | hf (transformers' generate) | auto (fast)
 decode_compile: bool | None = None  # fast sampler on CUDA: torch.compile its decode step (None: models >= 100M)
 decode_graph = True           # fast sampler on CUDA: capture its decode step in a CUDA graph
 batch_size = 64              # questions per generate call; wider is faster on CPU, same greedy answers

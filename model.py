@@ -4,7 +4,8 @@ load_policy / load_reference load any Qwen2.5-VL checkpoint (a hub id or a local
 tiny_qwen25vl writes a random-init Qwen2.5-VL with our own byte-level BPE tokenizer and the real
 processor classes into a directory, so that the same load_policy loads it.
 
-The log-probs of completions under the policy (the trainer's forward pass) are in logprobs.py.
+The log-probs of completions under the policy (the trainer's forward pass) are in machinery/logprobs.py; the
+speed-ups installed on a loaded model in machinery/speedups.py.
 
 Sampling trap: an untrained policy puts mass on <|video_pad|> and friends; a sampled placeholder makes
 the next forward fail with "Video features and video tokens do not match". Pass

@@ -299,7 +299,7 @@ def generate_rollout(model, processor, records, videos, group_size, hints=None, 
                      decode_graph=True):
     """Sample `group_size` answers for each (record, video) and score them.
 
-    sampler: "fast" (sampler.py: one prefill per prompt, our compiled decode step), "hf" (transformers'
+    sampler: "fast" (machinery/sampler.py: one prefill per prompt, our compiled decode step), "hf" (transformers'
     generate over the B * G repeated prompts, the reference), "auto" (sampler.resolve). decode_compile,
     decode_graph: the fast sampler's torch.compile and CUDA graph, on a CUDA device only (decode_compile
     None: sampler.speedups decides by model size).

@@ -41,7 +41,7 @@ from model import enable_gradient_checkpointing, freeze_vision as freeze_vision_
 from model import source_problem, tiny_qwen25vl
 from rollout import (SYSTEM_PROMPT, drop_long_prompts, encode_prompts, join_prompt_completion, reference_completion,
                      to_device)
-from step import autocast
+from machinery.distributed import autocast
 from eval import eval_key, evaluate, format_table
 
 # -----------------------------------------------------------------------------

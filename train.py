@@ -19,30 +19,27 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from machinery.checkpoint import (check_resume_settings, export_model, load_run_state, load_states, rng_state, save_checkpoint,
-                        set_rng_state, unwrap)
-from machinery.configurator import DTYPES, configure, inert_settings, is_setting, video_problems, warmup_warning, writable_dir
-from machinery.dataset import load_samples, read_records_or_exit
-from machinery.distributed import (all_gather_floats, all_gather_objects_or_self, any_rank, check_ranks_in_sync,
-                         leave_process_group, mean_over_ranks, setup_distributed, shard, wrap_policy)
-from difficulty import DEFAULT_MARGIN, HintTraces, RewardBuffer, zero_advantage_ratio
-from eval import eval_key, evaluate, saved_eval
+from machinery.checkpoint import (check_resume_settings, export_model, load_run_state, load_states, rng_state,
+                                  save_checkpoint, set_rng_state, unwrap)
+from machinery.configurator import DTYPES, configure, inert_settings, video_problems, warmup_warning, writable_dir
+from machinery.dataset import draw_prompts, load_samples, prompts_of_step, read_records_or_exit
+from machinery.distributed import (all_gather_objects_or_self, autocast, check_ranks_in_sync, leave_process_group,
+                                   mean_over_ranks, setup_distributed, shard, wrap_policy)
 from machinery.optim import adamw, lr_at
-from machinery.speedups import compile_decoder_layers, compile_seconds
-from model import enable_gradient_checkpointing
-from model import freeze_vision as freeze_vision_tower, load_policy, load_reference, max_positions, source_problem
-from reg_grpo import group_advantages
-from baselines import dynamic_sampling, group_replay
-from rollout import drop_long_prompts, length_problem, reference_logps
 from machinery.runlog import open_log, refuse_previous_run, start_wandb, step_row, write_summary
-from step import autocast, draw_prompts, policy_update, prompts_of_step, sample_groups, sample_with_augmentation
+from machinery.speedups import compile_decoder_layers
+from difficulty import HintTraces, RewardBuffer
+from eval import eval_key, evaluate, saved_eval
+from model import enable_gradient_checkpointing, freeze_vision as freeze_vision_tower, load_policy, load_reference
+from model import max_positions, source_problem
+from rollout import drop_long_prompts, length_problem
+from step import new_run, rl_step, step_settings
 
 # ----------------------------------------------------------------------------- config
 # I/O
@@ -79,7 +76,7 @@ augment = "both"              # none | harder | easier | both
 harder_mode = "noise"         # noise | mask
 noise_sigma0 = 0.1            # noise std in [0, 1] pixel units per unit of l_perturb
 buffer_window = 12            # steps in the reward buffer (the paper: 100 samples)
-difficulty_margin = DEFAULT_MARGIN  # the paper augments on any nonzero delta (margin 0); with G = 8 a group
+difficulty_margin = 0.25     # (difficulty.DEFAULT_MARGIN) the paper augments on any nonzero delta (margin 0); with G = 8 a group
                               # mean moves about 0.2 by sampling noise alone, so a margin leaves those alone
 augment_flat_only = True      # our variant: augment only groups whose rewards are all equal; False: the paper's rule
                               # (every sample whose r_cur is off r_ref by more than the margin; difficulty.plan_groups)
@@ -91,7 +88,7 @@ replay_capacity = 32          # group_replay: informative groups kept for reuse
 max_new_tokens = 48
 temperature = 1.0
 top_p = 1.0
-sampler = "auto"              # fast (sampler.py) | hf (transformers' generate) | auto: fast
+sampler = "auto"              # fast (machinery/sampler.py) | hf (transformers' generate) | auto: fast
 decode_compile: bool | None = None  # fast sampler on CUDA: torch.compile its decode step (None: for language models of
                               # >= 100M parameters, where it pays for its compile; False: eager, to bisect)
 decode_graph = True           # fast sampler on CUDA: capture its decode step in CUDA graphs (off: to bisect)
@@ -121,6 +118,7 @@ pack_groups = True            # each group's prompt (video included) runs once p
                               # Off with rows_per_forward > 0 or flash_attention_2 (no 4D mask there)
 rows_per_forward = 0          # answers per forward, sorted by length, each forward trimmed to its longest
                               # (0: a micro-batch is one forward, trimmed to its longest answer)
+check_only = False            # check the settings and paths, then exit (before a long job; ablate.py's arms)
 # -----------------------------------------------------------------------------
 EMBEDDED_DATA, EMBEDDED_SFT = "data/synthetic/train.jsonl", "out/tiny-sft"
 EMBEDDED_SFT_DATA = "data/synthetic/sft.jsonl"   # the warm start's demonstrations, written beside train.jsonl
@@ -145,7 +143,7 @@ ACTS_ONLY_WITH = {
 # what a resume may change: run length, intervals, logging, and how the same arithmetic is run. Any other
 # difference from the checkpoint's settings (method, model, data, schedule, dtypes, seed) is refused unless
 # resume_changes names it; max_steps too while the learning rate decays over it (min_lr_ratio < 1)
-RESUME_MAY_CHANGE = ("resume", "resume_changes", "out_dir", "max_steps", "max_answers", "checkpoint_interval",
+RESUME_MAY_CHANGE = ("resume", "resume_changes", "check_only", "out_dir", "max_steps", "max_answers", "checkpoint_interval",
                      "export_every_checkpoint", "eval_interval", "eval_samples", "wandb_log", "wandb_project",
                      "wandb_run_name", "device", "distributed", "attn_implementation", "sampler", "decode_compile",
                      "decode_graph", "compile", "gradient_checkpointing", "micro_batch_groups", "rows_per_forward",
@@ -229,11 +227,6 @@ def path_problems(c):
     ]
 
 
-def settings(**overrides):
-    """This module's settings as a namespace (step.py reads them from it), with overrides."""
-    return SimpleNamespace(**{**{k: v for k, v in globals().items() if is_setting(k, v)}, **overrides})
-
-
 # ----------------------------------------------------------------------------- data
 
 def ensure_embedded_default(rank):
@@ -277,6 +270,9 @@ def main():
     global device, pack_groups
     config = configure(globals(), sys.argv[1:], CHOICES, lambda c: setting_problems(c) + path_problems(c),
                        setting_warnings)
+    if check_only:
+        print("settings and paths: ok")
+        return
     rank, local_rank, world_size = setup_distributed(device)
     if device.startswith("cuda") and world_size > 1:
         device = f"cuda:{local_rank}"
@@ -323,7 +319,7 @@ def main():
         if master:
             why = "rows_per_forward > 0 sorts a group's answers apart" if rows_per_forward else "flash_attention_2 takes no 4D mask"
             print(f"pack_groups off: {why}")
-    s = settings(device=device, pack_groups=pack_groups)    # what step.py reads
+    s = step_settings(config, device=device, pack_groups=pack_groups)    # what one step reads
     if rows_per_forward and distributed == "ddp" and world_size > 1:
         raise SystemExit("rows_per_forward > 0 runs several forwards before one backward, which DDP does not "
                          "allow: use --distributed=fsdp or --rows_per_forward=0")
@@ -345,7 +341,7 @@ def main():
     buffer = RewardBuffer(buffer_window)
     traces = HintTraces()                    # the hints' answer-conditioned traces, made once per sample
 
-    step, answers_generated, history, skipped, replay_store = 0, 0, [], {}, []
+    step, answers_generated, history, skipped = 0, 0, [], {}
     if resume:
         load_states(out_dir, model, optimizer, saved, sharded)
         buffer.load_state_dict(saved["buffer"])
@@ -355,13 +351,16 @@ def main():
         if master:
             print(f"resumed from {out_dir} at step {step}")
         del saved
-    synced = world_size > 1 and distributed == "fsdp"
-    generator_model = model if distributed == "fsdp" else unwrap(model)
+    video = {"num_frames": num_frames, "max_pixels": max_pixels, "fps": fps}
+    run = new_run(model=model, generator=model if distributed == "fsdp" else unwrap(model), reference=reference,
+                  processor=processor, optimizer=optimizer, params=params, buffer=buffer, traces=traces, noise=gen,
+                  world_size=world_size, synced=world_size > 1 and distributed == "fsdp", rng=rng, replay_store=[],
+                  fresh_prompts=lambda: draw_prompts(records, rng, prompts_per_step, skipped, video, too_long, train_data))
 
     def run_eval(results=None):
         if results is None:
             with autocast(s):
-                results = evaluate(generator_model, processor, val, max_new_tokens=max_new_tokens, rank=rank,
+                results = evaluate(run.generator, processor, val, max_new_tokens=max_new_tokens, rank=rank,
                                    world_size=world_size, sampler=sampler, decode_compile=decode_compile,
                                    decode_graph=decode_graph)
         history.append({"step": step, "answers_generated": answers_generated,
@@ -389,7 +388,8 @@ def main():
     log_file = open_log(out_dir, step) if master else None
     bar = tqdm(total=max_steps, initial=step, disable=not master, desc="rl", dynamic_ncols=True)
     drawing = ThreadPoolExecutor(max_workers=1)  # decodes the next step's videos while this one runs
-    upcoming = drawing.submit(prompts_of_step, s, records, step, rank, skipped, too_long)
+    upcoming = drawing.submit(prompts_of_step, records, seed, step, rank, prompts_per_step, skipped, video, too_long,
+                              train_data)
     while not finished():
         t0 = time.time()
         lr = lr_at(step, learning_rate, warmup_steps, max_steps, min_lr_ratio)
@@ -402,39 +402,14 @@ def main():
             raise
         video_wait = time.time() - t0
         if step + 1 < max_steps:
-            upcoming = drawing.submit(prompts_of_step, s, records, step + 1, rank, skipped, too_long)
-        t_gen, compile_s = time.time(), compile_seconds()
-        r_ref = buffer.mean()                # the r_ref that classifies this step (read before the push)
-        with autocast(s):
-            rollout, r_cur, za_before, changes, n_gen = sample_with_augmentation(
-                s, generator_model, processor, prompts, r_ref, traces, gen, synced)
-            if vanishing_fix == "dynamic_sampling":          # ablation only (baselines.py)
-                def sample_fresh():
-                    fresh = draw_prompts(s, records, rng, prompts_per_step, skipped, too_long)
-                    return sample_groups(s, generator_model, processor, fresh, [p["frames"] for p in fresh],
-                                         synced=synced)
-                rollout, n_extra = dynamic_sampling(rollout, group_size, resample_rounds, sample_fresh, any_rank)
-                n_gen += n_extra
-        if vanishing_fix == "group_replay":                  # ablation only (baselines.py)
-            rollout = group_replay(rollout, group_size, replay_store, replay_capacity, rng)
-        t_gen = time.time() - t_gen
-        t_ref = time.time()
-        if beta > 0:
-            with autocast(s):
-                rollout.ref_logps = reference_logps(rollout, reference, temperature=temperature, device=device,
-                                                    rows_per_forward=rows_per_forward,
-                                                    group_size=group_size if pack_groups else 0)
-        t_ref = time.time() - t_ref
-        advantages = group_advantages(rollout.rewards, group_size, eps=adv_eps)
-        t_update = time.time()
-        stats = policy_update(s, model, optimizer, rollout, advantages, params, world_size)
-        t_update, compile_s = time.time() - t_update, compile_seconds() - compile_s
-        buffer.push(all_gather_floats(r_cur.tolist()))
+            upcoming = drawing.submit(prompts_of_step, records, seed, step + 1, rank, prompts_per_step, skipped,
+                                      video, too_long, train_data)
+        rollout, info = rl_step(s, run, prompts)
         step += 1
-        answers_generated += int(mean_over_ranks(n_gen) * world_size)
-        row = step_row(step, lr, answers_generated, rollout, r_ref, za_before,
-                       zero_advantage_ratio(rollout.rewards, group_size), changes, stats, device, step_time=time.time() - t0, video_wait=video_wait, rollout_time=t_gen,
-                       ref_time=t_ref, update_time=t_update, compile_time=compile_s)
+        answers_generated += int(mean_over_ranks(info["answers"]) * world_size)
+        row = step_row(step, lr, answers_generated, rollout, info, device, step_time=time.time() - t0,
+                       video_wait=video_wait)
+        changes, compile_s = info["changes"], info["compile_time"]
         if master:
             if compile and step == 1:
                 print(f"step 1: {compile_s:.1f} s of its {row['step_time']:.1f} s compiling the decoder layers")

@@ -166,6 +166,32 @@ def run_preset(path):
             if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
 
 
+def script_defaults(path):
+    """A script's settings as its config block sets them, without importing it: {name: value} plus
+    "__annotations__" (what configure takes for module_globals). Each module-level assignment of a
+    lower-case name to a constant expression (literals and arithmetic, no names) counts; the
+    measurement scripts read train.py's defaults this way instead of importing the training loop."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    out, annotations = {}, {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+            if isinstance(target, ast.Name):
+                annotations[target.id] = eval(compile(ast.Expression(node.annotation), path, "eval"),
+                                              {"__builtins__": {}, "float": float, "int": int, "str": str,
+                                               "bool": bool, "None": None})
+        else:
+            continue
+        if not isinstance(target, ast.Name) or target.id.startswith("_") or target.id.isupper():
+            continue
+        if any(isinstance(n, (ast.Name, ast.Call, ast.Attribute)) for n in ast.walk(value)):
+            raise ValueError(f"{path}:{node.lineno}: setting {target.id!r} is not a constant expression")
+        out[target.id] = eval(compile(ast.Expression(value), path, "eval"), {"__builtins__": {}})
+    return {**out, "__annotations__": annotations}
+
+
 def configure(module_globals, argv, choices=None, setting_problems=None, setting_warnings=None):
     """Apply presets and --key=value overrides to the settings in `module_globals`, check them
     against `choices`, `setting_problems` and `setting_warnings` (see the module docstring); return them."""

@@ -468,3 +468,38 @@ def _check_unique_ids(path, records):
     dup = [k for k, v in ids.items() if v > 1]
     if dup:
         raise ValueError(f"{path}: duplicate ids {dup[:5]}")
+
+
+def draw_prompts(records, rng, n, skipped, video, too_long=None, data_name="train_data"):
+    """n records with decoded videos; a record whose video fails to decode, or whose prompt breaks the
+    length rule (too_long(sample): the reason, or None), is reported and skipped (skipped: id -> reason,
+    shared across steps). video: read_sample's settings (num_frames, max_pixels, fps). When every record
+    is skipped the run cannot go on: SystemExit naming data_name with the counts."""
+    picked = []
+    while len(picked) < n:
+        record = records[rng.randrange(len(records))]
+        if record["id"] in skipped:
+            continue
+        problem, kind = too_long(record) if too_long else None, "prompt too long"     # its text, before decoding
+        if problem is None:
+            try:
+                sample = read_sample(record, **video)
+                problem = too_long(sample) if too_long else None
+            except VideoError as e:
+                problem, kind = str(e), e.kind
+        if problem is None:
+            picked.append(sample)
+            continue
+        skipped[record["id"]] = kind
+        print(f"skipping {record.get('where')} ({record['id']}): {problem} ({len(skipped)} skipped so far)")
+        if len(skipped) == len(records):
+            counts = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(skipped.values()).items()))
+            raise SystemExit(f"{data_name}: no usable records: all {len(records)} skipped ({counts})")
+    return picked
+
+
+def prompts_of_step(records, seed, step, rank, n, skipped, video, too_long=None, data_name="train_data"):
+    """The prompts of one step, drawn with a random stream of their own (seed, rank, step): the draw
+    runs ahead in a background thread without moving any state a checkpoint saves, and a resumed run
+    draws the same prompts."""
+    return draw_prompts(records, random.Random(f"{seed}:{rank}:{step}"), n, skipped, video, too_long, data_name)

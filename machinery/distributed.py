@@ -147,3 +147,10 @@ def all_gather_objects_or_self(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def autocast(s):
+    """Compute in `dtype` while the weights stay in `master_dtype` (FSDP2 does this on its own)."""
+    if s.dtype == s.master_dtype or (s.distributed == "fsdp" and dist.is_initialized() and dist.get_world_size() > 1):
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(s.device).type, dtype=getattr(torch, s.dtype))

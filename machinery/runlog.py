@@ -49,19 +49,22 @@ def read_rows(path):
     return rows
 
 
-def step_row(step, lr, answers_generated, rollout, r_ref, za_before, za_after, changes, stats, device, **times):
-    """One row of log.jsonl: rewards, zero-advantage ratios, augmentation, loss stats (policy_update's),
-    completion length, and `times` (step_time, rollout_time, ...), with peak memory. za_before / za_after:
-    the zero-advantage ratio of the sampled groups and of the batch trained on. Every rank calls
-    it: its values are means over ranks, except times, tokens/s and peak memory, which stay this rank's."""
+def step_row(step, lr, answers_generated, rollout, info, device, **times):
+    """One row of log.jsonl: rewards, zero-advantage ratios, augmentation, loss stats, completion length,
+    the time of each part, peak memory. info: what the step returned (r_ref, zero_adv_before / _after of
+    the sampled groups and of the batch trained on, changes, stats, rollout_time, ref_time, update_time,
+    compile_time); times: step_time, video_wait. Every rank calls it: its values are means over ranks,
+    except times, tokens/s and peak memory, which stay this rank's."""
+    changes, stats, r_ref = info["changes"], info["stats"], info["r_ref"]
+    times = {**times, **{k: info[k] for k in ("rollout_time", "ref_time", "update_time", "compile_time")}}
     gen_tokens = rollout.completion_mask.sum().item()
     row = {
         "step": step, "lr": lr, "answers_generated": answers_generated,
         "reward": mean_over_ranks(rollout.rewards.mean().item()),
         "accuracy": mean_over_ranks(rollout.accuracy.mean().item()),
         "format": mean_over_ranks(rollout.format.mean().item()),
-        "zero_adv_before": mean_over_ranks(za_before),
-        "zero_adv_after": mean_over_ranks(za_after),
+        "zero_adv_before": mean_over_ranks(info["zero_adv_before"]),
+        "zero_adv_after": mean_over_ranks(info["zero_adv_after"]),
         "flat_easy": mean_over_ranks(changes["flat_easy"]), "flat_hard": mean_over_ranks(changes["flat_hard"]),
         **{f"hints_{k}": mean_over_ranks(n) for k, n in changes["hint_counts"].items()},
         "augmented_harder": changes["harder"], "augmented_easier": changes["easier"],

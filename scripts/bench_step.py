@@ -23,11 +23,12 @@ import time
 import numpy as np
 import torch
 
-import train
+from machinery.configurator import script_defaults
 from machinery.speedups import compile_seconds
 from reg_grpo import group_advantages
 from rollout import generate_rollout, reference_logps
-from step import autocast, policy_update
+from machinery.distributed import autocast
+from step import new_run, policy_update, step_settings
 
 QUESTION = "Which way does the red square move?"
 
@@ -90,11 +91,12 @@ def forward_tokens(prompt_lens, answer_lens, micro_batch, rows_per_forward):
 
 
 def train_settings(s):
-    """train.py's settings, as step.policy_update and step.autocast read them, with bench's `s` where it has them."""
+    """A step's settings (step.step_settings): train.py's defaults, with bench's `s` where it has them."""
     keys = ("group_size", "num_iterations", "micro_batch_groups", "rows_per_forward", "pack_groups", "device",
-            "dtype", "beta", "grad_clip", "compile")
-    return train.settings(**{k: s[k] for k in keys}, master_dtype=s["master_dtype"] or s["dtype"], loss="reg_grpo",
-                          temperature=1.0, distributed="ddp")
+            "dtype", "beta", "grad_clip")
+    return step_settings(script_defaults("train.py"), **{k: s[k] for k in keys},
+                         master_dtype=s["master_dtype"] or s["dtype"], loss="reg_grpo", temperature=1.0,
+                         distributed="ddp")
 
 
 def timed_part(sync, reset_peak, peak_memory_gb, fn):
@@ -138,7 +140,7 @@ def run_step(s, model, ref_model, processor, config, grid, peak_f, counting, har
         rewards = torch.randint(0, 3, (len(rollout.texts),), generator=gen).float()  # random: an untrained model
         advantages = group_advantages(rewards, s["group_size"])
         times["update"], mems["update"], _ = timed_part(*hardware, lambda: policy_update(
-            ts, model, optimizer, rollout, advantages, params, 1))
+            ts, new_run(model=model, optimizer=optimizer, params=params), rollout, advantages))
         return times, mems, rollout
 
     compile_before = compile_seconds()

@@ -290,7 +290,7 @@ def check_sft_eval_time(policy_dir, decode_compile=None):
     """sft.py's evaluation (200 questions, greedy, 48 tokens, autocast as sft.py runs it) in a fresh process."""
     code = ("import json, time, torch, sys\n"
             "from dataset import load_records, load_samples\nfrom eval import evaluate\nfrom model import load_policy\n"
-            "from step import autocast\nfrom types import SimpleNamespace as NS\n"
+            "from machinery.distributed import autocast\nfrom types import SimpleNamespace as NS\n"
             f"m, p = load_policy({policy_dir!r}, device={DEVICE!r})\n"
             "val = load_samples(load_records('data/synthetic/val.jsonl')[:200], log=lambda *a, **k: None)\n"
             f"dtype = 'bfloat16' if {CUDA} else 'float32'\n"

@@ -24,7 +24,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-from machinery.configurator import configure  # noqa: E402
+from machinery.configurator import configure, script_defaults  # noqa: E402
+from step import new_run, sample_groups, step_settings  # noqa: E402
+
+T = script_defaults("train.py")        # the main command's settings, as train.py sets them
+VIDEO = {"num_frames": T["num_frames"], "max_pixels": T["max_pixels"], "fps": T["fps"]}
 
 part = "first"
 seeds = (0, 1, 2)
@@ -64,21 +68,19 @@ def grad_norm(params):
 
 
 def first_update(seed):
-    import train as T
-    from step import draw_prompts, sample_groups
-    from machinery.dataset import read_records_or_exit
+    from machinery.dataset import draw_prompts, read_records_or_exit
     from machinery.logprobs import completion_logps
     from model import freeze_vision, load_policy
     from reg_grpo import group_advantages
     from rollout import micro_batches
     torch.manual_seed(seed)
-    policy, processor = load_policy(T.init_from)
+    policy, processor = load_policy(T["init_from"])
     freeze_vision(policy)
-    records = read_records_or_exit(T.train_data)
-    s = T.settings()
-    prompts = draw_prompts(s, records, random.Random(seed), 8, {})
-    rollout = sample_groups(s, policy, processor, prompts, [p["frames"] for p in prompts])
-    G, n = T.group_size, len(rollout.texts)
+    records = read_records_or_exit(T["train_data"])
+    prompts = draw_prompts(records, random.Random(seed), 8, {}, VIDEO)
+    rollout = sample_groups(step_settings(T), new_run(generator=policy, processor=processor), prompts,
+                            [p["frames"] for p in prompts])
+    G, n = T["group_size"], len(rollout.texts)
     adv = group_advantages(rollout.rewards, G)
     params = [p for p in policy.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
@@ -89,7 +91,7 @@ def first_update(seed):
             p.grad = None
         logps_all = []
         for c, (rows, batch) in enumerate(chunks):
-            logps = completion_logps(policy, batch, temperature=T.temperature)
+            logps = completion_logps(policy, batch, temperature=T["temperature"])
             logps_all.append(logps.detach())
             o = logps.detach() if old is None else old[c]
             mask, ids = batch["completion_mask"], torch.tensor(rows) // G
@@ -122,25 +124,23 @@ def first_update(seed):
 
 
 def kl_response(seed):
-    import train as T
-    from step import draw_prompts, sample_groups
-    from machinery.dataset import read_records_or_exit
+    from machinery.dataset import draw_prompts, read_records_or_exit
     from machinery.logprobs import completion_logps
     from model import freeze_vision, load_policy
     from reg_grpo import group_advantages
     torch.manual_seed(seed)
-    policy, processor = load_policy(T.init_from)
+    policy, processor = load_policy(T["init_from"])
     freeze_vision(policy)
-    s = T.settings()
-    chosen = draw_prompts(s, read_records_or_exit(T.train_data), random.Random(seed), prompts, {})
-    rollout = sample_groups(s, policy, processor, chosen, [p["frames"] for p in chosen])
-    G, n = T.group_size, len(rollout.texts)
+    chosen = draw_prompts(read_records_or_exit(T["train_data"]), random.Random(seed), prompts, {}, VIDEO)
+    rollout = sample_groups(step_settings(T), new_run(generator=policy, processor=processor), chosen,
+                            [p["frames"] for p in chosen])
+    G, n = T["group_size"], len(rollout.texts)
     adv, batch, ids = group_advantages(rollout.rewards, G), rollout.logp_batch(), torch.arange(n) // G
     mask = batch["completion_mask"]
     params = [p for p in policy.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
     with torch.no_grad():
-        sft = completion_logps(policy, batch, temperature=T.temperature)
+        sft = completion_logps(policy, batch, temperature=T["temperature"])
     row = {}
     for arm in arms:
         for beta in betas:
@@ -150,12 +150,12 @@ def kl_response(seed):
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
             for _ in range(passes):
                 opt.zero_grad(set_to_none=True)
-                logps = completion_logps(policy, batch, temperature=T.temperature)
+                logps = completion_logps(policy, batch, temperature=T["temperature"])
                 loss_fn(arm, logps, sft, rollout, adv, mask, ids, G, sft, beta).backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
             with torch.no_grad():
-                logps = completion_logps(policy, batch, temperature=T.temperature)
+                logps = completion_logps(policy, batch, temperature=T["temperature"])
                 d = torch.where(mask.bool(), sft - logps, 0.0)
                 kl = ((d.exp() - d - 1).sum(1) / mask.sum(1)).mean().item()
             row[f"{arm} {beta:g}"] = kl

@@ -25,7 +25,7 @@ from machinery.dataset import load_samples, read_records_or_exit  # noqa: E402
 from model import freeze_vision, load_policy  # noqa: E402
 from reg_grpo import group_advantages  # noqa: E402
 from rollout import generate_rollout, reference_logps  # noqa: E402
-from step import policy_update  # noqa: E402
+from step import new_run, policy_update  # noqa: E402
 
 init_from = "out/tiny-sft"
 data = "data/synthetic/train.jsonl"
@@ -68,7 +68,7 @@ def main():
             t, refs[pack] = clock(lambda: reference_logps(rollout, policy, device=device,
                                                           group_size=group_size if pack else 0), device)
             times["reference", pack].append(t)
-            t, _ = clock(lambda: policy_update(settings[pack], policy, optimizer, rollout, advantages, params, 1), device)
+            t, _ = clock(lambda: policy_update(settings[pack], new_run(model=policy, optimizer=optimizer, params=params), rollout, advantages), device)
             times["update", pack].append(t)
     P = rollout.input_ids.shape[1] - rollout.completion_mask.shape[1]
     prompt_tokens = rollout.attention_mask[:, :P].sum().item()

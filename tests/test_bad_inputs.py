@@ -5,7 +5,6 @@ Most rules are called in-process; a few script runs check the exit code and that
 import json
 import os
 import shutil
-import types
 
 import numpy as np
 import pytest
@@ -18,10 +17,9 @@ import train
 from machinery.checkpoint import check_resume_settings, load_weights, safe_load
 from machinery.configurator import configure
 from conftest import run_script
-from machinery.dataset import load_records, write_records
+from machinery.dataset import draw_prompts, load_records, write_records
 from model import load_policy, source_problem, tiny_qwen25vl
 from rollout import drop_long_prompts, length_problem
-from step import draw_prompts
 from machinery.video import VideoError, read_video, write_video
 
 
@@ -251,11 +249,11 @@ def test_one_length_rule_for_validation_training_and_sft(tiny_model, clip_file):
     assert [s["id"] for s in kept] == ["r0"] and counts == {"prompt too long": 1}
     assert lines[0].startswith("skip x.jsonl:9 (t): prompt of ") and "+ 5000 target tokens exceeds" in lines[0]
     # training: a drawn record is judged before its video is decoded; all too long ends the run, counted
-    s = types.SimpleNamespace(num_frames=2, max_pixels=56 * 56, fps=None, train_data="x.jsonl")
+    video = {"num_frames": 2, "max_pixels": 56 * 56, "fps": None}
     records = [record(i, clip_file, question="why " * 20000) for i in range(5)]
     skipped = {}
-    msg = exits(draw_prompts, s, records, __import__("random").Random(0), 2, skipped,
-                lambda r: length_problem(processor, r, 4096, 48))
+    msg = exits(draw_prompts, records, __import__("random").Random(0), 2, skipped, video,
+                lambda r: length_problem(processor, r, 4096, 48), "x.jsonl")
     assert msg == "x.jsonl: no usable records: all 5 skipped (prompt too long: 5)"
 
 

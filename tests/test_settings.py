@@ -156,10 +156,33 @@ def test_one_process_fsdp_run_computes_in_its_dtype(tmp_path):
     from types import SimpleNamespace
     import torch
     import torch.distributed as dist
-    from step import autocast
+    from machinery.distributed import autocast
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
         with autocast(SimpleNamespace(dtype="bfloat16", master_dtype="float32", distributed="fsdp", device="cpu")):
             assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     finally:
         dist.destroy_process_group()
+
+
+def test_script_defaults_read_train_settings_without_importing_it():
+    """The measurement scripts read train.py's settings from its file (configurator.script_defaults):
+    the same values as importing it, with the declared types; difficulty_margin is written as a number
+    there and must stay the module's DEFAULT_MARGIN."""
+    import difficulty
+    from machinery.configurator import is_setting, script_defaults
+    from step import STEP_SETTINGS, step_settings
+    read = script_defaults("train.py")
+    assert {k: v for k, v in read.items() if k != "__annotations__"} == \
+        {k: v for k, v in vars(train).items() if is_setting(k, v)}
+    assert read["__annotations__"]["fps"] == (float | None)
+    assert read["difficulty_margin"] == difficulty.DEFAULT_MARGIN
+    s = step_settings(read)
+    assert set(vars(s)) == set(STEP_SETTINGS) and s.device == "cpu" and s.dtype == "float32"   # "auto" resolved
+
+
+def test_check_only_checks_and_exits(tmp_path):
+    ok = run_script(["train.py", "--check_only=True", f"--out_dir={tmp_path}/run"])
+    assert "settings and paths: ok" in ok.stdout and not (tmp_path / "run" / "log.jsonl").exists()
+    bad = run_script(["train.py", "--check_only=True", "--group_size=1", f"--out_dir={tmp_path}/run"], check=False)
+    assert bad.returncode == 1 and "group_size=1" in bad.stderr

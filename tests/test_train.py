@@ -206,19 +206,25 @@ def test_augmentation_flow_hints_from_answer_conditioned_traces(tiny):
     """sample -> ask -> re-sample -> splice, in process: with r_ref above every group's r_cur, every
     group is redone with a hint; groups without a correct answer of their own get a trace written
     with the answer shown; no sentence before a hint's last piece names the answer."""
-    import train
+    from machinery.configurator import script_defaults
     from machinery.dataset import load_records, load_samples
-    from difficulty import HintTraces, names_answer
+    from difficulty import HintTraces, group_mean_rewards, names_answer, plan_groups
     from model import load_policy
-    from step import sample_with_augmentation
+    from step import augment, new_run, sample_groups, step_settings
     policy, processor = load_policy(str(tiny["sft"]))
     prompts = load_samples(load_records(tiny["data"] / "train.jsonl")[:3], log=lambda *a: None)
-    s = train.settings(group_size=2, hint_trace_samples=3, max_new_tokens=24, augment="both",
-                       augment_flat_only=False, difficulty_margin=0.0)
+    s = step_settings(script_defaults("train.py"), group_size=2, hint_trace_samples=3, max_new_tokens=24,
+                      augment="both", augment_flat_only=False, difficulty_margin=0.0, device="cpu")
     torch.manual_seed(0)
     traces = HintTraces()
-    rollout, r_cur, _, changes, n = sample_with_augmentation(s, policy, processor, prompts, 2.5, traces,
-                                                             torch.Generator().manual_seed(0), False)
+    run = new_run(generator=policy, processor=processor, traces=traces, noise=torch.Generator().manual_seed(0))
+
+    def sample_with_augmentation(r_ref):                     # rl_step's parts 1-3
+        first = sample_groups(s, run, prompts, [p["frames"] for p in prompts])
+        plans = plan_groups(first.rewards, 2, r_ref, s.difficulty_margin, s.augment, s.augment_flat_only)
+        rollout, changes, n = augment(s, run, prompts, first, plans)
+        return rollout, group_mean_rewards(first.rewards, 2), changes, n
+    rollout, r_cur, changes, n = sample_with_augmentation(2.5)
     assert changes["easier"] == 3 and changes["harder"] == 0 and len(changes["reward_hinted"]) == 3
     assert n == 3 * 2 + 3 * len(traces) + 3 * 2                 # first sampling, traces, re-sampling
     assert changes["reward_hinted_before"] == pytest.approx(r_cur.tolist())
@@ -228,7 +234,7 @@ def test_augmentation_flow_hints_from_answer_conditioned_traces(tiny):
         assert not any(names_answer(s, p) for s in sentences[:-1]), hint
         assert 1 <= len(sentences) <= math.floor(2.5 - r + 0.5) + 1, hint   # l_guide = round(|delta|) + 1
     assert all("Hint:" in t for t in prompts_text) and len(prompts_text) == 3 * 2
-    _, _, _, none, n = sample_with_augmentation(s, policy, processor, prompts, None, traces, None, False)
+    _, _, none, n = sample_with_augmentation(None)
     assert none["easier"] == none["harder"] == 0 and n == 3 * 2   # empty buffer: nothing redone
 
 
