@@ -35,6 +35,7 @@ from machinery.configurator import configure                                   #
 # -----------------------------------------------------------------------------
 parts = "correct,train,speed"
 init_from = ""                # the tiny SFT policy; "" = make one (prepare.py + sft.py, 300 steps)
+data = "data/synthetic"       # the synthetic benchmark's folder (made by prepare.py when missing)
 out_dir = "out/gpu_check"
 json = ""                     # default: <out_dir>/results.json
 train_steps = 20
@@ -120,7 +121,7 @@ def check_decode_logits(dtype, tol):
 
 def synthetic_batch(n, split="val"):
     from machinery.dataset import load_records, load_samples
-    records = load_records(f"data/synthetic/{split}.jsonl")[:n]
+    records = load_records(os.path.join(data, f"{split}.jsonl"))[:n]
     return load_samples(records, num_frames=8, max_pixels=112 * 112, log=lambda *a, **k: None)
 
 
@@ -265,6 +266,7 @@ def start_train(policy_dir, name, extra):
     subprocess.run(["rm", "-rf", run_dir])
     log = open(run_dir + ".log", "w")
     proc = subprocess.Popen([sys.executable, "train.py", f"--init_from={policy_dir}", f"--max_steps={train_steps}",
+                             f"--train_data={data}/train.jsonl", f"--val_data={data}/val.jsonl",
                              "--eval_interval=0", "--eval_samples=64", f"--checkpoint_interval={train_steps}",
                              f"--out_dir={run_dir}", *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     return name, proc, run_dir, time.time()
@@ -289,10 +291,10 @@ def finish_train(name, proc, run_dir, t0, together):
 def check_sft_eval_time(policy_dir, decode_compile=None):
     """sft.py's evaluation (200 questions, greedy, 48 tokens, autocast as sft.py runs it) in a fresh process."""
     code = ("import json, time, torch, sys\n"
-            "from dataset import load_records, load_samples\nfrom eval import evaluate\nfrom model import load_policy\n"
+            "from machinery.dataset import load_records, load_samples\nfrom eval import evaluate\nfrom model import load_policy\n"
             "from machinery.distributed import autocast\nfrom types import SimpleNamespace as NS\n"
             f"m, p = load_policy({policy_dir!r}, device={DEVICE!r})\n"
-            "val = load_samples(load_records('data/synthetic/val.jsonl')[:200], log=lambda *a, **k: None)\n"
+            f"val = load_samples(load_records({os.path.join(data, 'val.jsonl')!r})[:200], log=lambda *a, **k: None)\n"
             f"dtype = 'bfloat16' if {CUDA} else 'float32'\n"
             f"ctx = autocast(NS(dtype=dtype, master_dtype='float32', distributed='ddp', device={DEVICE!r}))\n"
             "t0 = time.time()\nwith ctx:\n"
@@ -336,6 +338,7 @@ def check_torchrun_fsdp(policy_dir):
     with open(log_path, "w") as log:
         code = subprocess.run(["torchrun", "--standalone", f"--nproc_per_node={n}", "train.py", "--distributed=fsdp",
                                f"--init_from={policy_dir}", f"--max_steps={train_steps}", "--eval_interval=0",
+                               f"--train_data={data}/train.jsonl", f"--val_data={data}/val.jsonl",
                                "--eval_samples=64", f"--out_dir={run_dir}"], cwd=ROOT, stdout=log,
                               stderr=subprocess.STDOUT, timeout=600).returncode
     if code != 0:
@@ -415,11 +418,12 @@ def tiny_policy():
     if init_from:
         return init_from
     path = os.path.join(out_dir, "sft")
-    if not os.path.exists("data/synthetic/val.jsonl"):
-        code, seconds = run(["data/synthetic/prepare.py"], os.path.join(out_dir, "prepare.log"))
+    if not os.path.exists(os.path.join(data, "val.jsonl")):
+        code, seconds = run(["data/synthetic/prepare.py", f"--out={data}"], os.path.join(out_dir, "prepare.log"))
         print(f"   prepare.py: exit {code} in {seconds:.0f} s")
     if not os.path.exists(os.path.join(path, "config.json")):
-        code, seconds = run(["sft.py", f"--out_dir={path}", "--max_steps=300", "--eval_samples=200"],
+        code, seconds = run(["sft.py", f"--out_dir={path}", f"--train_data={data}/sft.jsonl",
+                             f"--val_data={data}/val.jsonl", "--max_steps=300", "--eval_samples=200"],
                             os.path.join(out_dir, "sft.log"))
         print(f"   sft.py 300 steps: exit {code} in {seconds:.0f} s")
     return path
